@@ -1,0 +1,1 @@
+"""dat-exp: an ablation harness for deformable attention in YOLO detectors."""

@@ -1,0 +1,313 @@
+"""Deformable attention (DAT, Xia et al. CVPR 2022 / DAT++), written from the paper's math.
+
+One module, input and output ``B x C x H x W``. The query is every pixel; keys and values are
+``Hk x Wk`` points sampled from the input at positions a small offset network predicts around a
+regular reference grid. See ``shared/reference/DAT-SPEC.md`` and the README for each option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+PE_MODES = ("table", "dwc", "log_cpb", "fixed", "none")
+PE_ALIASES = {"log-cpb": "log_cpb"}
+REF_CONVENTIONS = ("datpp", "v1")
+IMPLS = ("auto", "fast", "reference")
+BIAS_PE_MODES = ("table", "log_cpb", "fixed")  # modes that add a bias to the logits
+
+
+def _choice(name: str, value: str, choices: Sequence[str], aliases: dict | None = None) -> str:
+    value = (aliases or {}).get(value, value)
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def key_grid_size(size: int, ksize: int, stride: int) -> int:
+    """Side of the offset network's output (= key grid) for a map side ``size``."""
+    return (size + 2 * (ksize // 2) - ksize) // stride + 1
+
+
+def normalised_grid(n: int, convention: str, centred: bool, device, dtype) -> torch.Tensor:
+    """1-D grid in [-1, 1] coordinates.
+
+    ``centred`` grids are the reference points (pixel centres, ``0.5 .. n-0.5``); otherwise
+    the query grid of the bias modes (``0 .. n-1``). DAT++ divides by ``n-1`` (guarded at 1),
+    v1 by ``n``; v1's query grid is its reference grid.
+    """
+    if convention == "v1":
+        return torch.linspace(0.5, n - 0.5, n, device=device, dtype=dtype) / n * 2 - 1
+    steps = (
+        torch.linspace(0.5, n - 0.5, n, device=device, dtype=dtype)
+        if centred
+        else torch.arange(n, device=device, dtype=dtype)
+    )
+    return steps / max(n - 1, 1) * 2 - 1
+
+
+def grid_2d(h: int, w: int, convention: str, centred: bool, device, dtype) -> torch.Tensor:
+    """``h x w x 2`` grid of (y, x) points."""
+    ys = normalised_grid(h, convention, centred, device, dtype)
+    xs = normalised_grid(w, convention, centred, device, dtype)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+
+def _sample(inp: torch.Tensor, pos_yx: torch.Tensor) -> torch.Tensor:
+    """Bilinear ``grid_sample`` at (y, x) positions, align_corners=True, in the input's dtype."""
+    return F.grid_sample(inp, pos_yx.flip(-1).to(inp.dtype), mode="bilinear", align_corners=True)
+
+
+class DAttention(nn.Module):
+    """Deformable multi-head attention over a feature map.
+
+    Args:
+        c1: input (= output) channels.
+        feat_size: nominal feature size (int or (H, W)); sizes the ``table`` and ``fixed``
+            position encodings. Any run-time size works.
+        heads: attention heads; ``None`` gives head dim 32 (at least one head).
+        groups: offset groups; must divide ``heads``.
+        stride: stride of the offset network (key grid ~ feature size / stride).
+        ksize: odd kernel of the offset network's depthwise conv.
+        offset_range_factor: ``s``; see ``ref_points`` for its meaning per convention.
+        pe: position encoding, one of ``table, dwc, log_cpb, fixed, none``.
+        no_off: no offsets; keys/values from ``avg_pool2d`` and no position encoding.
+        ref_points: ``datpp`` (official DAT++) or ``v1`` (official CVPR 2022).
+        attn_drop, proj_drop: dropout on the attention weights and on the output.
+        impl: ``reference`` (explicit einsum), ``fast`` (``scaled_dot_product_attention``) or
+            ``auto`` (fast where it pays: no bias, or on CUDA).
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        feat_size: int | Sequence[int] = 20,
+        heads: int | None = None,
+        groups: int = 1,
+        stride: int = 1,
+        ksize: int = 3,
+        offset_range_factor: float = -1.0,
+        pe: str = "table",
+        no_off: bool = False,
+        ref_points: str = "datpp",
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        heads = max(c1 // 32, 1) if heads is None else int(heads)
+        _validate(c1, heads, groups, stride, ksize)
+        pe = _choice("pe", pe, PE_MODES, PE_ALIASES)
+        self.pe = "none" if no_off else pe  # as in DAT++: no position encoding without offsets
+        self.ref_points = _choice("ref_points", ref_points, REF_CONVENTIONS)
+        self.impl = _choice("impl", impl, IMPLS)
+        self.channels, self.heads, self.groups = c1, heads, groups
+        self.head_dim = c1 // heads
+        self.scale = self.head_dim**-0.5
+        self.stride, self.ksize = stride, ksize
+        self.offset_range_factor = float(offset_range_factor)
+        self.no_off = bool(no_off)
+        self.feat_size = _pair(feat_size)
+        self.attn_drop = attn_drop
+        self.record_positions = False  # opt-in: keeps the last (reference, positions) pair
+        self.last_positions: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        gc = c1 // groups
+        self.conv_offset = nn.Sequential(
+            nn.Conv2d(gc, gc, ksize, stride, ksize // 2, groups=gc),
+            LayerNorm2d(gc),
+            nn.GELU(),
+            nn.Conv2d(gc, 2, 1, bias=False),
+        )
+        if self.no_off:
+            self.conv_offset.requires_grad_(False)
+        self.proj_q = nn.Conv2d(c1, c1, 1)
+        self.proj_k = nn.Conv2d(c1, c1, 1)
+        self.proj_v = nn.Conv2d(c1, c1, 1)
+        self.proj_out = nn.Conv2d(c1, c1, 1)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._build_position_encoding()
+
+    def _build_position_encoding(self) -> None:
+        hq, wq = self.feat_size
+        h = self.heads
+        if self.pe == "table":
+            self.rpe_table = nn.Parameter(torch.empty(h, 2 * hq - 1, 2 * wq - 1))
+            nn.init.trunc_normal_(self.rpe_table, std=0.01)
+        elif self.pe == "fixed":
+            hk, wk = (key_grid_size(s, self.ksize, self.stride) for s in (hq, wq))
+            self.rpe_table = nn.Parameter(torch.empty(h, hq * wq, hk * wk))
+            nn.init.trunc_normal_(self.rpe_table, std=0.01)
+        elif self.pe == "log_cpb":
+            self.rpe_mlp = nn.Sequential(
+                nn.Linear(2, 32), nn.ReLU(inplace=True), nn.Linear(32, h // self.groups)
+            )
+        elif self.pe == "dwc":
+            self.rpe_dwc = nn.Conv2d(self.channels, self.channels, 3, 1, 1, groups=self.channels)
+
+    def bias_parameters(self) -> list[nn.Parameter]:
+        """Position-bias parameters, which train without weight decay (as in official DAT)."""
+        if self.pe in ("table", "fixed"):
+            return [self.rpe_table]
+        if self.pe == "log_cpb":
+            return list(self.rpe_mlp.parameters())
+        return []
+
+    def uses_fast_path(self, device: torch.device) -> bool:
+        if self.impl != "auto":
+            return self.impl == "fast"
+        return device.type == "cuda" or self.pe not in BIAS_PE_MODES
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = self.groups
+        q = self.proj_q(x)
+        ref, pos = self._sample_positions(q)  # (B*g, Hk, Wk, 2) each, (y, x)
+        if self.record_positions:
+            self.last_positions = (ref.detach(), pos.detach())
+        if self.no_off:
+            x_s = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        else:
+            x_s = _sample(x.reshape(b * g, c // g, h, w), pos).reshape(b, c, *pos.shape[1:3])
+        n = x_s.shape[-2] * x_s.shape[-1]
+        k = self.proj_k(x_s).reshape(b, self.heads, self.head_dim, n)
+        v = self.proj_v(x_s).reshape(b, self.heads, self.head_dim, n)
+        qh = q.reshape(b, self.heads, self.head_dim, h * w)
+        bias = self._logit_bias(h, w, pos, q.dtype)  # (B or 1, heads, HW, N) or None
+        if self.uses_fast_path(x.device):
+            out = self._attend_fast(qh, k, v, bias)
+        else:
+            out = self._attend_reference(qh, k, v, bias)
+        out = out.reshape(b, c, h, w)
+        if self.pe == "dwc":
+            out = out + self.rpe_dwc(q)
+        return self.proj_drop(self.proj_out(out))
+
+    def _sample_positions(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference grid and deformed sampling positions, both ``(B*g, Hk, Wk, 2)`` (y, x)."""
+        b, c, h, w = q.shape
+        g = self.groups
+        if self.no_off:
+            hk, wk = (math.ceil(s / self.stride) for s in (h, w))
+            ref = grid_2d(hk, wk, self.ref_points, True, q.device, q.dtype)
+            ref = ref.expand(b * g, hk, wk, 2)
+            return ref, ref
+        offset = self.conv_offset(q.reshape(b * g, c // g, h, w))  # (B*g, 2, Hk, Wk)
+        hk, wk = offset.shape[-2:]
+        offset = offset.permute(0, 2, 3, 1)
+        ref = grid_2d(hk, wk, self.ref_points, True, q.device, q.dtype).expand(b * g, hk, wk, 2)
+        return ref, self._deform(ref, offset, hk, wk)
+
+    def _deform(self, ref: torch.Tensor, off: torch.Tensor, hk: int, wk: int) -> torch.Tensor:
+        s = self.offset_range_factor
+        if self.ref_points == "datpp":
+            if s < 0:
+                return (ref + off).clamp(-1, 1)
+            return ref + torch.tanh(off) * self._offset_range(hk - 1, wk - 1, s, off)
+        if s > 0:
+            return ref + torch.tanh(off) * self._offset_range(hk, wk, s, off)
+        if s == 0:
+            return ref + off
+        return torch.tanh(ref + off)
+
+    @staticmethod
+    def _offset_range(dh: int, dw: int, s: float, like: torch.Tensor) -> torch.Tensor:
+        # Built in the offsets' dtype and device so that .half() models work.
+        r = [1.0 / max(dh, 1) * s, 1.0 / max(dw, 1) * s]
+        return torch.tensor(r, dtype=like.dtype, device=like.device)
+
+    def _displacement(self, h: int, w: int, pos: torch.Tensor) -> torch.Tensor:
+        """Query-minus-key displacement ``(B*g, HW, N, 2)`` (y, x)."""
+        q_grid = grid_2d(h, w, self.ref_points, False, pos.device, pos.dtype).reshape(-1, 1, 2)
+        return q_grid.unsqueeze(0) - pos.reshape(pos.shape[0], 1, -1, 2)
+
+    def _logit_bias(self, h: int, w: int, pos: torch.Tensor, dtype) -> torch.Tensor | None:
+        if self.pe not in BIAS_PE_MODES:
+            return None
+        hg = self.heads // self.groups
+        bg = pos.shape[0]
+        n = pos.shape[1] * pos.shape[2]
+        if self.pe == "fixed":
+            return self._fixed_bias(h, w, pos.shape[1], pos.shape[2]).to(dtype).unsqueeze(0)
+        disp = self._displacement(h, w, pos)
+        if self.pe == "table":
+            table = self.rpe_table.to(dtype)
+            table = table.reshape(1, self.groups, hg, *table.shape[1:])
+            table = table.expand(bg // self.groups, -1, -1, -1, -1).reshape(
+                bg, hg, *table.shape[3:]
+            )
+            bias = _sample(table, disp * 0.5)  # (B*g, hg, HW, N)
+        else:  # log_cpb
+            d = disp * 4.0
+            d = torch.sign(d) * torch.log2(d.abs() + 1.0) / math.log2(8)
+            bias = self.rpe_mlp(d.to(self.rpe_mlp[0].weight.dtype)).permute(0, 3, 1, 2)
+        return bias.reshape(bg // self.groups, self.heads, h * w, n).to(dtype)
+
+    def _fixed_bias(self, h: int, w: int, hk: int, wk: int) -> torch.Tensor:
+        """The nominal ``heads x HqWq x HkWk`` table, resized bilinearly to the run-time sizes."""
+        hq, wq = self.feat_size
+        hk0, wk0 = (key_grid_size(s, self.ksize, self.stride) for s in (hq, wq))
+        t = self.rpe_table
+        nh = self.heads
+        if (hk, wk) != (hk0, wk0):
+            t = t.reshape(nh * hq * wq, 1, hk0, wk0)
+            t = F.interpolate(t, size=(hk, wk), mode="bilinear", align_corners=True)
+        t = t.reshape(nh, hq * wq, hk * wk)
+        if (h, w) != (hq, wq):
+            t = t.reshape(nh, hq, wq, hk * wk).permute(0, 3, 1, 2).reshape(nh * hk * wk, 1, hq, wq)
+            t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=True)
+            t = t.reshape(nh, hk * wk, h * w).transpose(1, 2)
+        return t
+
+    def _attend_reference(self, q, k, v, bias) -> torch.Tensor:
+        attn = torch.einsum("bhdm,bhdn->bhmn", q, k) * self.scale
+        if bias is not None:
+            attn = attn + bias
+        attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
+        return torch.einsum("bhmn,bhdn->bhdm", attn, v)
+
+    def _attend_fast(self, q, k, v, bias) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            q.transpose(-1, -2),
+            k.transpose(-1, -2),
+            v.transpose(-1, -2),
+            attn_mask=bias,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            scale=self.scale,
+        )
+        return out.transpose(-1, -2)
+
+    def extra_repr(self) -> str:
+        return (
+            f"c={self.channels}, heads={self.heads}, groups={self.groups}, stride={self.stride}, "
+            f"ksize={self.ksize}, s={self.offset_range_factor}, pe={self.pe}, "
+            f"no_off={self.no_off}, ref_points={self.ref_points}, impl={self.impl}"
+        )
+
+
+def _validate(c1: int, heads: int, groups: int, stride: int, ksize: int) -> None:
+    if c1 < 1:
+        raise ValueError(f"channels={c1} must be positive")
+    if heads < 1 or c1 % heads:
+        divisors = [d for d in range(1, c1 + 1) if c1 % d == 0]
+        raise ValueError(f"heads={heads} must divide channels={c1}; valid heads: {divisors}")
+    if groups < 1 or heads % groups:
+        divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ValueError(f"groups={groups} must divide heads={heads}; valid groups: {divisors}")
+    if ksize < 1 or ksize % 2 == 0:
+        raise ValueError(f"ksize={ksize} must be a positive odd number (1, 3, 5, 7, 9, ...)")
+    if stride < 1:
+        raise ValueError(f"stride={stride} must be >= 1")

@@ -1,0 +1,81 @@
+"""The block wrapper and the per-level presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dat_exp.nn import BLOG, DATBlock
+from dat_exp.nn.presets import default_groups, default_heads, level_defaults
+
+
+def test_residual_block_starts_close_to_identity_and_bare_replaces():
+    x = torch.randn(2, 64, 8, 8)
+    residual = DATBlock(64, {"feat_size": 8}, layer_scale_init=1e-4)
+    bare = DATBlock(64, {"feat_size": 8}, wrap="bare")
+    assert (residual(x) - x).abs().max() < 1e-2
+    assert (bare(x) - x).abs().max() > 1e-1
+    assert not hasattr(bare, "norm")
+
+
+def test_keyword_settings_override_the_mapping():
+    b = DATBlock(64, {"pe": "dwc", "stride": 2}, pe="none")
+    assert b.attn.pe == "none" and b.attn.stride == 2
+
+
+@pytest.mark.parametrize(
+    "settings,fragment",
+    [({"wrap": "sandwich"}, "wrap='sandwich'"), ({"kernel": 3}, "bad DAT setting")],
+)
+def test_bad_block_settings(settings, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        DATBlock(64, settings)
+
+
+def test_level_defaults_follow_dat_plus_plus():
+    p3, p4, p5 = (level_defaults(c, s, 640) for c, s in [(64, 8), (128, 16), (256, 32)])
+    assert (p3["ksize"], p3["stride"], p3["feat_size"], p3["heads"], p3["groups"]) == (
+        7,
+        4,
+        80,
+        2,
+        1,
+    )
+    assert (p4["ksize"], p4["stride"], p4["feat_size"], p4["heads"], p4["groups"]) == (
+        5,
+        2,
+        40,
+        4,
+        2,
+    )
+    assert (p5["ksize"], p5["stride"], p5["feat_size"], p5["heads"], p5["groups"]) == (
+        3,
+        1,
+        20,
+        8,
+        4,
+    )
+    assert p5["pe"] == "table" and p5["wrap"] == "residual" and p5["offset_range_factor"] == -1
+    with pytest.raises(ValueError, match="feature stride 4"):
+        level_defaults(64, 4, 640)
+
+
+def test_default_heads_and_groups():
+    assert [default_heads(c) for c in (16, 64, 192, 320, 48)] == [1, 2, 6, 10, 1]
+    assert [default_groups(h) for h in (1, 2, 3, 4, 6, 8, 10)] == [1, 1, 1, 2, 3, 4, 5]
+
+
+def test_blog_preset():
+    assert BLOG == {
+        "stride": 1,
+        "ksize": 9,
+        "pe": "dwc",
+        "heads": 8,
+        "groups": 1,
+        "wrap": "bare",
+        "offset_range_factor": -1.0,
+        "no_off": False,
+        "ref_points": "datpp",
+    }
+    block = DATBlock(128, BLOG, feat_size=40)
+    assert block.attn.heads == 8 and block.attn.head_dim == 16 and block.wrap == "bare"

@@ -1,0 +1,75 @@
+"""Position-bias parameters train without weight decay under every Ultralytics optimizer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+
+from dat_exp.nn import DATBlock
+from dat_exp.nn.optim import position_bias_parameters
+from dat_exp.trainer import DATDetectionTrainer
+
+
+class Detector(nn.Module):
+    """Ultralytics' MuSGD set-up reads ``model.model[-1]`` (the head)."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.model = nn.Sequential(*layers)
+
+
+def dat_model() -> nn.Module:
+    return Detector(
+        nn.Conv2d(3, 64, 3, padding=1),
+        DATBlock(64, {"pe": "table", "feat_size": 8}),
+        DATBlock(64, {"pe": "fixed", "feat_size": 8, "stride": 2}),
+        DATBlock(64, {"pe": "log_cpb", "heads": 4, "groups": 2}),
+        DATBlock(64, {"pe": "dwc"}),
+        nn.Conv2d(64, 8, 1),
+    )
+
+
+def build(name: str, iterations: float) -> tuple[torch.optim.Optimizer, nn.Module, int]:
+    trainer = object.__new__(DATDetectionTrainer)  # build_optimizer reads only args and data
+    trainer.args = SimpleNamespace(lr0=0.01, optimizer=name, warmup_bias_lr=0.1)
+    trainer.data = {"nc": 3}
+    model = dat_model()
+    plain = DetectionTrainer.build_optimizer(trainer, model, name, 0.01, 0.9, 5e-4, iterations)
+    opt = trainer.build_optimizer(
+        model, name=name, lr=0.01, momentum=0.9, decay=5e-4, iterations=iterations
+    )
+    return opt, model, len(plain.param_groups)
+
+
+@pytest.mark.parametrize(
+    "name,iterations",
+    [
+        ("SGD", 100),
+        ("AdamW", 100),
+        ("Adam", 100),
+        ("RMSprop", 100),
+        ("MuSGD", 100),
+        ("auto", 100),
+        ("auto", 1e6),
+    ],
+)
+def test_position_biases_get_no_weight_decay(name, iterations):
+    opt, model, plain_groups = build(name, iterations)
+    biases = {id(p) for p in position_bias_parameters(model)}
+    assert len(biases) == 1 + 1 + 4  # table, fixed, and the log_cpb MLP's weights and biases
+    seen: dict[int, int] = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            seen[id(p)] = seen.get(id(p), 0) + 1
+            if id(p) in biases:
+                assert group["weight_decay"] == 0.0, group.get("param_group")
+                assert not group.get("use_muon", False)
+    assert all(seen.get(i) == 1 for i in biases), "each bias parameter in exactly one group"
+    assert sum(seen.values()) == len(list(model.parameters()))
+    assert len(opt.param_groups) == plain_groups, "group count kept, so saved state reloads"
+    decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
+    assert decayed and any(len(g["params"]) for g in decayed), "ordinary weights still decay"
