@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from dat_exp.nn.presets import default_groups, default_heads
+
 PE_MODES = ("table", "dwc", "log_cpb", "fixed", "none")
 PE_ALIASES = {"log-cpb": "log_cpb"}
 REF_CONVENTIONS = ("datpp", "v1")
@@ -78,7 +80,8 @@ class DAttention(nn.Module):
         feat_size: nominal feature size (int or (H, W)); sizes the ``table`` and ``fixed``
             position encodings. Any run-time size works.
         heads: attention heads; ``None`` gives head dim 32 (at least one head).
-        groups: offset groups; must divide ``heads``.
+        groups: offset groups; must divide ``heads``. ``None``: the level default (the
+            largest divisor of ``heads`` that is at most ``heads / 2``).
         stride: stride of the offset network (key grid ~ feature size / stride).
         ksize: odd kernel of the offset network's depthwise conv.
         offset_range_factor: ``s``; see ``ref_points`` for its meaning per convention.
@@ -95,7 +98,7 @@ class DAttention(nn.Module):
         c1: int,
         feat_size: int | Sequence[int] = 20,
         heads: int | None = None,
-        groups: int = 1,
+        groups: int | None = 1,
         stride: int = 1,
         ksize: int = 3,
         offset_range_factor: float = -1.0,
@@ -107,7 +110,8 @@ class DAttention(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        heads = max(c1 // 32, 1) if heads is None else int(heads)
+        heads = default_heads(c1) if heads is None else int(heads)
+        groups = default_groups(heads) if groups is None else int(groups)
         _validate(c1, heads, groups, stride, ksize)
         pe = _choice("pe", pe, PE_MODES, PE_ALIASES)
         self.pe = "none" if no_off else pe  # as in DAT++: no position encoding without offsets

@@ -1,0 +1,1 @@
+"""Model facts (parameters, FLOPs) and latency."""

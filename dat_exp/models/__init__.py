@@ -1,0 +1,1 @@
+"""Model surgery: placements, the YAML builder, pretrained transfer."""
