@@ -201,9 +201,9 @@ def test_transfer_survives_the_trainer(baseline_ckpt, tiny_data, tmp_path):
     # the trained checkpoint loads again in a fresh process with plain YOLO()
     last = tmp_path / "t" / "weights" / "last.pt"
     code = (
-        "import torch; from ultralytics import YOLO; m = YOLO(r'%s');"
+        f"import torch; from ultralytics import YOLO; m = YOLO(r'{last}');"
         "n = sum(type(x).__name__ == 'DAttention' for x in m.model.modules());"
-        "y = m.model.float().eval()(torch.rand(1, 3, 64, 64))[0]; print(n, tuple(y.shape))" % last
+        "y = m.model.float().eval()(torch.rand(1, 3, 64, 64))[0]; print(n, tuple(y.shape))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
