@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+UI_PORT ?= 5000
 
-.PHONY: venv test lint clean
+.PHONY: venv test lint demo ui clean
 
 venv: $(STAMP)
 
@@ -20,6 +21,15 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest
+
+# A small real sweep on the embedded dataset: the stock model against DAT after SPPF.
+demo: $(STAMP)
+	$(PY) -m dat_exp -m placement=none,sppf device=cpu
+
+# The MLflow UI over the same store, on loopback only.
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db \
+		--host 127.0.0.1 --port $(UI_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

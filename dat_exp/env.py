@@ -21,12 +21,13 @@ def configure_offline() -> None:
         "YOLO_OFFLINE": "1",  # no DNS check on import
         "YOLO_AUTOINSTALL": "false",  # no pip install of missing packages
         "YOLO_CONFIG_DIR": str(settings_dir),  # settings and fonts inside runs/
+        "MPLCONFIGDIR": str(runs_dir() / "matplotlib"),  # font cache, not in the user's home
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    _install_font(Path(os.environ["YOLO_CONFIG_DIR"]))
+    _install_font(Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics")  # Ultralytics' own subdir
 
 
 def _install_font(config_dir: Path) -> None:
@@ -44,3 +45,47 @@ def _install_font(config_dir: Path) -> None:
         if not target.exists():
             config_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+
+
+def quiet_ultralytics() -> None:
+    """Ultralytics' settings (kept in runs/): no integrations, no analytics, folders in runs/.
+
+    Its MLflow callback would turn on ``mlflow.autolog()``, adopt an active run and stop
+    silently on a param clash; the harness logs to MLflow itself.
+    """
+    from ultralytics.engine import trainer
+    from ultralytics.utils import SETTINGS
+
+    runs = runs_dir()
+    wanted = {
+        "sync": False,
+        **{
+            k: False
+            for k in (
+                "clearml",
+                "comet",
+                "dvc",
+                "mlflow",
+                "raytune",
+                "tensorboard",
+                "wandb",
+                "hub",
+                "neptune",
+            )
+            if k in SETTINGS
+        },
+        "datasets_dir": str(runs / "datasets"),
+        "weights_dir": str(runs / "weights"),
+        "runs_dir": str(runs / "ultralytics-runs"),
+    }
+    if any(SETTINGS.get(k) != v for k, v in wanted.items()):
+        SETTINGS.update(wanted)
+    trainer.check_amp = _offline_amp_check
+
+
+def _offline_amp_check(model, *args, **kwargs) -> bool:
+    """Ultralytics' AMP check downloads yolo26n.pt; offline, AMP stays as configured."""
+    import logging
+
+    logging.getLogger("dat_exp").info("AMP check skipped: it needs a download (offline)")
+    return True

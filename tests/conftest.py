@@ -1,14 +1,35 @@
-"""Shared fixtures: a tiny YOLO-format dataset the tests write themselves."""
+"""Shared fixtures: no network, and a tiny YOLO-format dataset the tests write themselves."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import dat_exp  # noqa: F401  (offline environment, layer registration)
+# Every attempt to reach a non-loopback address is refused and recorded, in this process and
+# (through PYTHONPATH, see tests/runner/entry.py) in the subprocesses the tests start.
+NETGUARD_LOG = Path(
+    os.environ.setdefault("DAT_EXP_NETGUARD_LOG", f"/tmp/dat-exp-netguard-{os.getpid()}.log")
+)
+_spec = importlib.util.spec_from_file_location(
+    "netguard", Path(__file__).parent / "netguard" / "sitecustomize.py"
+)
+_spec.loader.exec_module(importlib.util.module_from_spec(_spec))
+
+import dat_exp  # noqa: E402, F401  (offline environment, layer registration)
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """Fails the test (at teardown) if it tried to reach the network."""
+    before = NETGUARD_LOG.read_text() if NETGUARD_LOG.exists() else ""
+    yield
+    after = NETGUARD_LOG.read_text() if NETGUARD_LOG.exists() else ""
+    assert after == before, f"network access attempted: {after[len(before) :]}"
 
 
 def write_tiny_dataset(root: Path, n_images: int = 8, size: int = 64, nc: int = 2) -> Path:

@@ -51,3 +51,33 @@ def ultralytics_gflops(model: nn.Module, imgsz: int) -> float:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def attention_memory_mb(model: nn.Module, imgsz: int, bytes_per_value: int = 4) -> float:
+    """Predicted activation memory of the attention matrices per image (MB): logits and
+    softmax, kept for backward, of every DAttention on the reference path."""
+    from dat_exp.nn.dattention import key_grid_size
+
+    total = 0
+    hooks = []
+
+    def count(module: DAttention, args: tuple) -> None:
+        nonlocal total
+        h, w = args[0].shape[-2:]
+        hk, wk = (key_grid_size(s, module.ksize, module.stride) for s in (h, w))
+        total += 2 * module.heads * h * w * hk * wk * bytes_per_value
+
+    for m in model.modules():
+        if isinstance(m, DAttention):
+            hooks.append(m.register_forward_pre_hook(count))
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, imgsz, imgsz, dtype=p.dtype, device=p.device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return total / 2**20

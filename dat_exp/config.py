@@ -1,0 +1,223 @@
+"""Config schemas (Hydra structured configs), presets resolution, hashing and variant names.
+
+The schemas make a wrong type or an unknown key fail at composition with Hydra's own message;
+``resolve`` turns a composed config into what a job runs (``train=auto`` and ``device=auto``
+resolved), and ``config_hash`` keys runs so that equal experiments hash equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "yolov8n"
+    weights: str | None = None  # a local baseline checkpoint to start from
+
+
+@dataclass
+class PlacementConfig:
+    name: str = "none"
+    levels: list[str] = field(default_factory=list)  # empty: all the placement has
+
+
+@dataclass
+class DatConfig:
+    preset: str = "official"
+    pe: str = "table"
+    offset_range_factor: float = -1.0
+    no_off: bool = False
+    stride: Any = "auto"  # auto: the per-level default
+    ksize: Any = "auto"
+    heads: Any = "auto"
+    groups: Any = "auto"
+    wrap: str = "residual"
+    ref_points: str = "datpp"
+    impl: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    path: str | None = None  # an Ultralytics data YAML, for data=custom
+    images: int = 200
+    val_images: int = 50
+    imgsz: int = 160
+    classes: int = 4
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """``null`` fields of ``train=auto`` take the resolved preset's values."""
+
+    name: str = "auto"
+    epochs: int | None = None
+    imgsz: int | None = None
+    batch: int | None = None
+    optimizer: str | None = None
+    lr0: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    mosaic: float | None = None
+    close_mosaic: int | None = None
+    patience: int | None = None
+    workers: int | None = None
+    amp: bool | None = None
+    deterministic: bool | None = None
+
+
+@dataclass
+class TrackingConfig:
+    name: str = "local"
+    uri: str | None = None  # local: sqlite:///runs/mlflow.db
+    experiment: str = "dat-exp"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    dat: DatConfig = field(default_factory=DatConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, 0, '0,1'
+    log_weights: bool = True
+    dry_run: bool = False
+    resume: bool = False
+    rerun: bool = False
+
+
+def register_configs() -> None:
+    """The root schema, which ``conf/config.yaml`` lists first: every group merges into it."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+# -- resolution -------------------------------------------------------------------------------
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: Any) -> str:
+    """``auto`` -> ``0`` on CUDA, else ``cpu``; anything else as given (checked elsewhere)."""
+    device = str(device).strip()
+    if device == "auto":
+        return "0" if cuda_available() else "cpu"
+    return device
+
+
+def device_type(device: str) -> str:
+    return "cpu" if device in ("cpu", "mps") else "cuda"
+
+
+def train_preset(name: str, on_cuda: bool) -> dict[str, Any]:
+    """The values of a train preset YAML (``auto`` -> ``gpu`` on CUDA, ``smoke`` on CPU)."""
+    preset = ("gpu" if on_cuda else "smoke") if name == "auto" else name
+    path = CONF_DIR / "train" / f"{preset}.yaml"
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    values.pop("defaults", None)
+    return values
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as a plain dict, with ``train`` and ``device`` resolved."""
+    keys = [k for k in cfg if k != "hydra"]  # callbacks see Hydra's own node too: leave it out
+    out = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    device = resolve_device(out["device"])
+    out["device"] = device
+    train = out["train"]
+    if train["name"] == "auto":
+        preset = train_preset("auto", device_type(device) == "cuda")
+        preset.update({k: v for k, v in train.items() if v is not None and k != "name"})
+        out["train"] = preset
+    return out
+
+
+# -- hashing and names ------------------------------------------------------------------------
+VOLATILE_KEYS = ("tracking", "log_weights", "dry_run", "resume", "rerun")
+
+
+def hashable_config(resolved: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:
+    """What changes a result: volatile keys dropped, keys without effect normalised away."""
+    from dat_exp.models.placements import check_placement
+
+    cfg = json.loads(json.dumps(resolved))  # deep copy of plain data
+    for key in VOLATILE_KEYS:
+        cfg.pop(key, None)
+    cfg["device"] = device_type(cfg["device"])  # the type matters, not the index
+    placement = cfg["placement"]
+    placement["levels"] = list(check_placement(placement["name"], placement["levels"]))
+    dat = cfg["dat"]
+    if placement["name"] == "none":
+        cfg.pop("dat")
+    else:
+        if dat["no_off"]:
+            for key in ("pe", "offset_range_factor", "ref_points"):
+                dat.pop(key)
+        if placement["name"] == "c2f":
+            dat.pop("wrap")
+    if not with_seed:
+        cfg.pop("seed")
+    return cfg
+
+
+def digest(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def config_hash(resolved: dict[str, Any]) -> str:
+    return digest(hashable_config(resolved))
+
+
+def variant_hash(resolved: dict[str, Any]) -> str:
+    return digest(hashable_config(resolved, with_seed=False))
+
+
+DAT_DEFAULTS = DatConfig()
+SHORT = {"stride": "st", "ksize": "k", "heads": "h", "groups": "g"}
+
+
+def variant_name(resolved: dict[str, Any]) -> str:
+    """A short readable name of everything but the seed, e.g. ``neck[P3,P4]/table/s-1/off``.
+
+    Keys at their default are left out; ``off`` means offsets on, ``no_off`` without them.
+    """
+    cfg = hashable_config(resolved, with_seed=False)
+    placement = cfg["placement"]
+    parts = [f"{placement['name']}[{','.join(placement['levels'])}]"]
+    if placement["name"] == "none":
+        parts = ["none"]
+    else:
+        dat = cfg["dat"]
+        if dat["preset"] != DAT_DEFAULTS.preset:
+            parts.append(dat["preset"])
+        if dat["no_off"]:
+            parts.append("no_off")
+        else:
+            parts += [dat["pe"], f"s{dat['offset_range_factor']:g}", "off"]
+            if dat["ref_points"] != DAT_DEFAULTS.ref_points:
+                parts.append(dat["ref_points"])
+        for key, short in SHORT.items():
+            if dat[key] != "auto":
+                parts.append(f"{short}{dat[key]}")
+        for key in ("wrap", "impl"):
+            if key in dat and dat[key] != getattr(DAT_DEFAULTS, key):
+                parts.append(str(dat[key]))
+    prefix = [] if cfg["model"]["name"] == ModelConfig.name else [cfg["model"]["name"]]
+    return "/".join(prefix + parts)

@@ -1,0 +1,265 @@
+"""One job, start to end: config -> model -> train -> measure -> log.
+
+A failing job ends its MLflow run FAILED with the reason and the traceback, and reports back
+instead of raising, so that a sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dat_exp.config import config_hash, device_type, variant_hash, variant_name
+from dat_exp.env import runs_dir
+
+log = logging.getLogger("dat_exp")
+
+
+@dataclass
+class JobResult:
+    status: str  # FINISHED, FAILED, SKIPPED, DRY_RUN
+    variant: str
+    config_hash: str
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class Prepared:
+    """Everything a job needs before it trains, built and checked."""
+
+    cfg: dict[str, Any]
+    data_yaml: Path
+    nc: int
+    built: Any  # dat_exp.models.builder.BuiltModel
+    imgsz: int
+
+
+def prepare(cfg: dict[str, Any]) -> Prepared:
+    from dat_exp.data import check_dataset, resolve_dataset
+    from dat_exp.models.builder import build
+
+    data_yaml = resolve_dataset(cfg["data"], runs_dir())
+    info = check_dataset(data_yaml)
+    imgsz = int(cfg["train"]["imgsz"])
+    placement = cfg["placement"]
+    built = build(
+        cfg["model"]["name"],
+        info.nc,
+        runs_dir() / "models",
+        placement["name"],
+        placement["levels"],
+        None if placement["name"] == "none" else cfg["dat"],
+        imgsz=imgsz,
+    )
+    return Prepared(cfg, data_yaml, info.nc, built, imgsz)
+
+
+def model_facts(built: Any, imgsz: int) -> dict[str, float]:
+    from dat_exp.metrics.flops import count_params, exact_gflops, ultralytics_gflops
+
+    return {
+        "gflops": exact_gflops(built.model, imgsz),
+        "gflops_ultralytics": ultralytics_gflops(built.model, imgsz),
+        "params": float(count_params(built.model)),
+    }
+
+
+def params_of(cfg: dict[str, Any], built: Any) -> dict[str, Any]:
+    """Flat MLflow params: the swept keys, the variant, and each inserted module's settings."""
+    params: dict[str, Any] = {
+        "model": cfg["model"]["name"],
+        "placement": cfg["placement"]["name"],
+        "placement.levels": [m.level for m in built.modules] or cfg["placement"]["levels"],
+        "data": cfg["data"]["name"],
+        "seed": cfg["seed"],
+        "train": cfg["train"]["name"],
+        "device": cfg["device"],
+        "variant": variant_name(cfg),
+    }
+    params.update({f"dat.{k}": v for k, v in cfg["dat"].items()})
+    for i, module in enumerate(built.modules):
+        params[f"module.{i}.layer"] = module.index
+        params[f"module.{i}.level"] = module.level
+        for key in ("stride", "ksize", "heads", "groups", "pe"):
+            params[f"module.{i}.{key}"] = module.settings[key]
+    return params
+
+
+def provenance() -> dict[str, str]:
+    import torch
+    import ultralytics
+
+    root = Path(__file__).resolve().parent.parent
+    commit, dirty = "unknown", "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        dirty = str(bool(status.strip())).lower()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {
+        "dat_exp.git_commit": commit,
+        "dat_exp.git_dirty": dirty,
+        "torch_version": torch.__version__,
+        "ultralytics_version": ultralytics.__version__,
+        "host": platform.node(),
+    }
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device_type(device) == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(int(device.split(",")[0]))
+    return platform.processor() or platform.machine()
+
+
+def train_args(cfg: dict[str, Any], prepared: Prepared, out_dir: Path) -> dict[str, Any]:
+    from dat_exp.trainer import DATDetectionTrainer
+
+    train = {k: v for k, v in cfg["train"].items() if k != "name"}
+    return {
+        **train,
+        "data": str(prepared.data_yaml),
+        "device": cfg["device"],
+        "seed": int(cfg["seed"]),
+        "project": str(out_dir.parent),
+        "name": out_dir.name,
+        "exist_ok": True,
+        "plots": False,
+        "val": True,
+        "trainer": DATDetectionTrainer,
+        "verbose": False,
+    }
+
+
+def train_and_measure(prepared: Prepared, client: Any, run_id: str) -> dict[str, float]:
+    """Train with Ultralytics (our callbacks log each epoch), then measure the best model."""
+    import torch
+    from ultralytics import YOLO
+
+    from dat_exp.metrics.latency import measure_latency
+    from dat_exp.models.transfer import transfer_pretrained
+    from dat_exp.tracking.epoch_logger import EpochLogger
+    from dat_exp.tracking.store import log_metrics, log_params
+
+    cfg = prepared.cfg
+    yolo = YOLO(str(prepared.built.yaml_path))
+    if cfg["model"]["weights"]:
+        report = transfer_pretrained(yolo, prepared.built, cfg["model"]["weights"])
+        log_params(
+            client,
+            run_id,
+            {"transfer.transferred": report.transferred, "transfer.skipped": report.skipped},
+        )
+    logger = EpochLogger(client, run_id)
+    logger.attach(yolo)
+    out_dir = runs_dir() / "train" / run_id
+    on_cuda = device_type(cfg["device"]) == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    yolo.train(**train_args(cfg, prepared, out_dir))
+    metrics = {"train_time_s": time.perf_counter() - start, **logger.final}
+    if on_cuda:
+        metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    trainer = yolo.trainer
+    best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
+    latency_device = f"cuda:{cfg['device'].split(',')[0]}" if on_cuda else "cpu"
+    lat = measure_latency(YOLO(str(best)).model, prepared.imgsz, latency_device)
+    metrics.update(latency_ms=lat.p50_ms, latency_p90_ms=lat.p90_ms)
+    metrics.update(model_facts(prepared.built, prepared.imgsz))
+    log_metrics(client, run_id, metrics)
+    _log_outputs(client, run_id, trainer, best, cfg["log_weights"])
+    return metrics
+
+
+def _log_outputs(client: Any, run_id: str, trainer: Any, best: Path, log_weights: bool) -> None:
+    from dat_exp.tracking.store import log_file
+
+    save_dir = Path(trainer.save_dir)
+    log_file(client, run_id, save_dir / "results.csv")
+    table = per_class_ap(trainer)
+    if table is not None:
+        path = save_dir / "per_class_ap.csv"
+        table.to_csv(path, index=False)
+        log_file(client, run_id, path)
+    if log_weights:
+        log_file(client, run_id, best, "weights")
+
+
+def per_class_ap(trainer: Any):
+    """The final validation's per-class table (precision, recall, mAP50, mAP50-95)."""
+    import pandas as pd
+
+    metrics = getattr(trainer.validator, "metrics", None)
+    if metrics is None or not hasattr(metrics, "summary"):
+        return None
+    return pd.DataFrame(metrics.summary())
+
+
+def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> tuple[Any, str]:
+    from dat_exp.tracking.store import (
+        client_for,
+        experiment_id,
+        log_dataset,
+        log_params,
+        start_run,
+    )
+
+    tracking = cfg["tracking"]
+    client = client_for(tracking)
+    exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
+    tags = {
+        "dat_exp.config_hash": config_hash(cfg),
+        "dat_exp.variant_hash": variant_hash(cfg),
+        "dat_exp.variant": variant_name(cfg),
+        "device_name": device_name(cfg["device"]),
+        "device_type": device_type(cfg["device"]),
+        **provenance(),
+    }
+    run_id = start_run(client, exp_id, f"{variant_name(cfg)}/seed{cfg['seed']}", tags, parent_id)
+    log_params(client, run_id, params_of(cfg, prepared.built))
+    client.log_dict(run_id, cfg, "config.yaml")
+    client.log_text(run_id, prepared.built.yaml_path.read_text(), "model.yaml")
+    digest = prepared.data_yaml.parent.name
+    log_dataset(client, run_id, cfg["data"]["name"], digest, prepared.data_yaml)
+    return client, run_id
+
+
+def run_job(cfg: dict[str, Any], parent_id: str | None = None) -> JobResult:
+    """Prepare, open the run, train and measure; a failure ends the run FAILED and returns."""
+    result = JobResult("FAILED", variant_name(cfg), config_hash(cfg))
+    prepared = prepare(cfg)
+    if device_type(cfg["device"]) == "cpu":
+        log.warning("training on the CPU (no CUDA device): expect minutes per epoch at real sizes")
+    client, run_id = open_run(cfg, prepared, parent_id)
+    result.run_id = run_id
+    try:
+        result.metrics = train_and_measure(prepared, client, run_id)
+        result.status = "FINISHED"
+    except Exception as err:  # noqa: BLE001  (the job reports its own failure)
+        result.reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        client.set_tag(run_id, "dat_exp.error", result.reason)
+        client.log_text(run_id, traceback.format_exc(), "traceback.txt")
+        log.error("job failed: %s", result.reason)
+    client.set_terminated(run_id, result.status)
+    return result

@@ -1,0 +1,49 @@
+"""Ultralytics trainer callbacks that log to one MLflow run by explicit id.
+
+Per epoch (step = 1-based epoch): ``train/*`` losses and ``val/*`` metrics. Ultralytics calls
+``on_fit_epoch_end`` once more after training with the best checkpoint's metrics; that call
+feeds the final metrics only, under keys no per-epoch series uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow import MlflowClient
+
+from dat_exp.tracking.store import log_metrics
+
+VAL_KEYS = {
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+    "metrics/mAP50(B)": "mAP50",
+    "metrics/mAP50-95(B)": "mAP50-95",
+}
+
+
+class EpochLogger:
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self.epochs_done = 0
+        self.final: dict[str, float] = {}
+        self._in_loop = False
+
+    def attach(self, yolo: Any) -> None:
+        yolo.add_callback("on_train_epoch_end", self.on_train_epoch_end)
+        yolo.add_callback("on_fit_epoch_end", self.on_fit_epoch_end)
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        self._in_loop = True  # the next on_fit_epoch_end belongs to this epoch
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        metrics = {
+            VAL_KEYS[k]: float(v) for k, v in (trainer.metrics or {}).items() if k in VAL_KEYS
+        }
+        if not self._in_loop:  # the post-training call: best checkpoint's metrics
+            self.final = metrics
+            return
+        self._in_loop = False
+        self.epochs_done = trainer.epoch + 1
+        series = {f"val/{k}": v for k, v in metrics.items()}
+        series.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
+        log_metrics(self.client, self.run_id, series, step=self.epochs_done)
