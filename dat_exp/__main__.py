@@ -1,7 +1,12 @@
-"""``python -m dat_exp [-m] key=value ...``: one job per composed config (Hydra)."""
+"""``python -m dat_exp [-m] key=value ...``: one job per composed config (Hydra).
+
+Exit status: 0 when every job finished (or was skipped as done), 1 when a job failed,
+2 for invalid input (nothing started), 130 when interrupted.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -9,7 +14,8 @@ from omegaconf import DictConfig
 
 import dat_exp  # noqa: F401  (offline environment, layer registration)
 from dat_exp.config import register_configs, resolve
-from dat_exp.sweep import STATE, execute
+from dat_exp.sweep import STATE, execute, interrupted
+from dat_exp.validate import InvalidJob, check_runs_dir
 
 register_configs()
 
@@ -19,6 +25,27 @@ def main(cfg: DictConfig) -> None:
     execute(resolve(cfg))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def entry() -> int:
+    # SIGTERM (a scheduler's stop, a preemption) ends jobs as Ctrl-C does: their runs KILLED.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        check_runs_dir()  # before Hydra creates its folders in there
+    except InvalidJob as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        main()
+    except KeyboardInterrupt:
+        interrupted()
+        return 130
+    if any(r.status == "INVALID" for r in STATE.results):
+        return 2
+    return 1 if STATE.failed else 0
+
+
 if __name__ == "__main__":
-    main()
-    sys.exit(1 if STATE.failed else 0)
+    sys.exit(entry())

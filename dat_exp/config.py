@@ -55,6 +55,11 @@ class DataConfig:
     imgsz: int = 160
     classes: int = 4
     seed: int = 0
+    clutter: float = 1.0  # unlabelled distractors, scaled
+    max_objects: int = 8  # labelled objects per image: 1..max_objects
+    min_size: float = 0.1  # object size range, a fraction of the image side
+    max_size: float = 0.45
+    palette: float = 0.9  # probability that an object takes its class's hue family
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Config:
     dry_run: bool = False
     resume: bool = False
     rerun: bool = False
+    fault: str | None = None  # test-only: raise or nan makes the job fail on purpose
 
 
 def register_configs() -> None:
@@ -162,6 +168,8 @@ def hashable_config(resolved: dict[str, Any], with_seed: bool = True) -> dict[st
     cfg["device"] = device_type(cfg["device"])  # the type matters, not the index
     placement = cfg["placement"]
     placement["levels"] = list(check_placement(placement["name"], placement["levels"]))
+    if cfg["data"]["name"] != "synthetic":  # the generator's keys mean nothing for a real dataset
+        cfg["data"] = {"name": cfg["data"]["name"], "path": cfg["data"]["path"]}
     dat = cfg["dat"]
     if placement["name"] == "none":
         cfg.pop("dat")

@@ -16,6 +16,8 @@ def runs_dir() -> Path:
 
 
 def configure_offline() -> None:
+    if runs_dir().exists() and not runs_dir().is_dir():
+        return  # nothing can be written; the job's validation says so before any work
     settings_dir = runs_dir() / "ultralytics"
     defaults = {
         "YOLO_OFFLINE": "1",  # no DNS check on import
@@ -56,7 +58,10 @@ def quiet_ultralytics() -> None:
     from ultralytics.engine import trainer
     from ultralytics.utils import SETTINGS
 
+    trainer.check_amp = _offline_amp_check
     runs = runs_dir()
+    if runs.exists() and not runs.is_dir():
+        return
     wanted = {
         "sync": False,
         **{
@@ -80,7 +85,6 @@ def quiet_ultralytics() -> None:
     }
     if any(SETTINGS.get(k) != v for k, v in wanted.items()):
         SETTINGS.update(wanted)
-    trainer.check_amp = _offline_amp_check
 
 
 def _offline_amp_check(model, *args, **kwargs) -> bool:

@@ -40,6 +40,7 @@ class Prepared:
     nc: int
     built: Any  # dat_exp.models.builder.BuiltModel
     imgsz: int
+    logger: Any = None  # dat_exp.tracking.epoch_logger.EpochLogger, once a run is open
 
 
 def prepare(cfg: dict[str, Any]) -> Prepared:
@@ -151,34 +152,42 @@ def train_args(cfg: dict[str, Any], prepared: Prepared, out_dir: Path) -> dict[s
     }
 
 
-def train_and_measure(prepared: Prepared, client: Any, run_id: str) -> dict[str, float]:
-    """Train with Ultralytics (our callbacks log each epoch), then measure the best model."""
+def train_and_measure(
+    prepared: Prepared, client: Any, run_id: str, resume_from: Path | None = None
+) -> dict[str, float]:
+    """Train with Ultralytics (our callbacks log each epoch and guard the loss), then measure
+    the best model. ``resume_from``: continue a killed job from its ``last.pt``."""
     import torch
     from ultralytics import YOLO
 
+    from dat_exp.guards import TrainingGuard
     from dat_exp.metrics.latency import measure_latency
     from dat_exp.models.transfer import transfer_pretrained
-    from dat_exp.tracking.epoch_logger import EpochLogger
     from dat_exp.tracking.store import log_metrics, log_params
 
     cfg = prepared.cfg
-    yolo = YOLO(str(prepared.built.yaml_path))
-    if cfg["model"]["weights"]:
+    yolo = YOLO(str(resume_from or prepared.built.yaml_path))
+    if cfg["model"]["weights"] and not resume_from:
         report = transfer_pretrained(yolo, prepared.built, cfg["model"]["weights"])
         log_params(
             client,
             run_id,
             {"transfer.transferred": report.transferred, "transfer.skipped": report.skipped},
         )
-    logger = EpochLogger(client, run_id)
-    logger.attach(yolo)
-    out_dir = runs_dir() / "train" / run_id
+    guard = TrainingGuard(int(cfg["train"]["batch"]), cfg.get("fault"))
+    guard.attach(yolo)
+    prepared.logger.attach(yolo)
     on_cuda = device_type(cfg["device"]) == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    yolo.train(**train_args(cfg, prepared, out_dir))
-    metrics = {"train_time_s": time.perf_counter() - start, **logger.final}
+    args = train_args(cfg, prepared, runs_dir() / "train" / run_id)
+    yolo.train(**(args | {"resume": str(resume_from)} if resume_from else args))
+    metrics = {"train_time_s": time.perf_counter() - start, **prepared.logger.final}
+    if guard.batch_changed:  # Ultralytics halved it after an out-of-memory
+        client.set_tag(
+            run_id, "dat_exp.batch_changed", f"{guard.configured_batch}->{guard.batch_used}"
+        )
     if on_cuda:
         metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     trainer = yolo.trainer
@@ -222,6 +231,7 @@ def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> 
         experiment_id,
         log_dataset,
         log_params,
+        owner_tags,
         start_run,
     )
 
@@ -235,6 +245,7 @@ def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> 
         "device_name": device_name(cfg["device"]),
         "device_type": device_type(cfg["device"]),
         **provenance(),
+        **owner_tags(),
     }
     run_id = start_run(client, exp_id, f"{variant_name(cfg)}/seed{cfg['seed']}", tags, parent_id)
     log_params(client, run_id, params_of(cfg, prepared.built))
@@ -245,21 +256,67 @@ def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> 
     return client, run_id
 
 
-def run_job(cfg: dict[str, Any], parent_id: str | None = None) -> JobResult:
-    """Prepare, open the run, train and measure; a failure ends the run FAILED and returns."""
+def reopen_run(cfg: dict[str, Any], run_id: str) -> Any:
+    """Continue a KILLED run under the same id (its metric history is kept)."""
+    from dat_exp.tracking.store import client_for, owner_tags, set_tags
+
+    client = client_for(cfg["tracking"])
+    client.update_run(run_id, status="RUNNING")
+    set_tags(client, run_id, owner_tags())
+    return client
+
+
+def failure_reason(err: BaseException, prepared: Prepared) -> str:
+    """One line; an out-of-memory names the job's predicted attention memory."""
+    reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+    if "out of memory" in str(err).lower():
+        from dat_exp.metrics.flops import attention_memory_mb
+
+        per_image = attention_memory_mb(prepared.built.model, prepared.imgsz)
+        batch = prepared.cfg["train"]["batch"]
+        reason = (
+            f"out of memory: predicted attention memory {per_image:.0f} MB/image x batch "
+            f"{batch}; lower train.batch or raise dat.stride ({reason})"
+        )
+    return reason
+
+
+def run_job(
+    cfg: dict[str, Any], parent_id: str | None = None, resume: tuple[str, Path] | None = None
+) -> JobResult:
+    """Prepare, open the run, train and measure; a failure ends the run FAILED and returns,
+    an interruption (SIGINT, or SIGTERM, which the entry point turns into KeyboardInterrupt)
+    ends it KILLED and propagates to stop the sweep."""
+    from dat_exp.tracking.epoch_logger import EpochLogger
+    from dat_exp.tracking.store import start_heartbeat
+
     result = JobResult("FAILED", variant_name(cfg), config_hash(cfg))
     prepared = prepare(cfg)
     if device_type(cfg["device"]) == "cpu":
         log.warning("training on the CPU (no CUDA device): expect minutes per epoch at real sizes")
-    client, run_id = open_run(cfg, prepared, parent_id)
+    if resume:
+        run_id, last = resume
+        client = reopen_run(cfg, run_id)
+    else:
+        (client, run_id), last = open_run(cfg, prepared, parent_id), None
     result.run_id = run_id
+    prepared.logger = EpochLogger(client, run_id)
+    heartbeat = start_heartbeat(client, run_id)
     try:
-        result.metrics = train_and_measure(prepared, client, run_id)
+        result.metrics = train_and_measure(prepared, client, run_id, last)
         result.status = "FINISHED"
+    except KeyboardInterrupt:
+        epoch = prepared.logger.epochs_done
+        client.set_tag(run_id, "dat_exp.error", f"interrupted after epoch {epoch}")
+        client.set_tag(run_id, "dat_exp.last_epoch", epoch)
+        client.set_terminated(run_id, "KILLED")
+        raise
     except Exception as err:  # noqa: BLE001  (the job reports its own failure)
-        result.reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        result.reason = failure_reason(err, prepared)
         client.set_tag(run_id, "dat_exp.error", result.reason)
         client.log_text(run_id, traceback.format_exc(), "traceback.txt")
         log.error("job failed: %s", result.reason)
+    finally:
+        heartbeat.set()
     client.set_terminated(run_id, result.status)
     return result

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -16,6 +18,7 @@ from omegaconf import DictConfig
 from dat_exp.config import config_hash, resolve, variant_name
 from dat_exp.runner import JobResult, prepare, run_job
 from dat_exp.tracking.store import PARENT_ENV
+from dat_exp.validate import InvalidJob, validate_job
 
 log = logging.getLogger("dat_exp")
 
@@ -26,17 +29,25 @@ class SweepState:
 
     results: list[JobResult] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)  # config hash -> job number
+    tracking: dict[str, Any] | None = None  # the sweep's store, for its parent run
 
     @property
     def failed(self) -> bool:
-        return any(r.status == "FAILED" for r in self.results)
+        return any(r.status in ("FAILED", "INVALID") for r in self.results)
 
 
 STATE = SweepState()
 
 
 def execute(cfg: dict[str, Any]) -> JobResult:
-    """One job: listed (dry run), skipped (duplicate or done), or run."""
+    """One job: checked, then listed (dry run), skipped (duplicate or done), resumed or run."""
+    try:
+        validate_job(cfg)
+    except InvalidJob as err:
+        result = JobResult("INVALID", cfg["placement"]["name"], "", reason=str(err))
+        STATE.results.append(result)
+        print(f"error: {err}", file=sys.stderr)
+        return result
     h = config_hash(cfg)
     job = len(STATE.results)
     duplicate_of = STATE.seen.get(h)
@@ -44,34 +55,49 @@ def execute(cfg: dict[str, Any]) -> JobResult:
     if cfg["dry_run"]:
         result = describe(cfg, job, duplicate_of)
     elif duplicate_of is not None:
-        result = JobResult(
-            "SKIPPED", variant_name(cfg), h, reason=f"same config as job {duplicate_of}"
-        )
+        reason = f"same config as job {duplicate_of}"
+        result = JobResult("SKIPPED", variant_name(cfg), h, reason=reason)
     else:
-        done = None if cfg["rerun"] else finished_run(cfg, h)
-        if done:
-            print(f"skipped: done in run {done}")
-            result = JobResult("SKIPPED", variant_name(cfg), h, done, reason=f"done in run {done}")
-        else:
-            result = run_job(cfg, os.environ.get(PARENT_ENV))
+        result = run_or_skip(cfg, h)
     STATE.results.append(result)
     return result
 
 
-def finished_run(cfg: dict[str, Any], h: str) -> str | None:
-    """A FINISHED run of this config hash in the experiment, if any."""
-    from dat_exp.tracking.store import client_for
-
-    client = client_for(cfg["tracking"])
-    exp = client.get_experiment_by_name(cfg["tracking"]["experiment"])
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        f"tags.`dat_exp.config_hash` = '{h}' and attributes.status = 'FINISHED'",
-        max_results=1,
+def run_or_skip(cfg: dict[str, Any], h: str) -> JobResult:
+    """Skip a config that already FINISHED; mark runs whose process is gone KILLED; resume
+    a KILLED run on request; else run anew."""
+    from dat_exp.tracking.store import (
+        client_for,
+        experiment_id,
+        mark_stale_runs_killed,
+        runs_of_config,
     )
-    return runs[0].info.run_id if runs else None
+
+    tracking = cfg["tracking"]
+    client = client_for(tracking)
+    exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
+    for run_id in mark_stale_runs_killed(client, exp_id, h):
+        print(f"marked run {run_id} KILLED: its process is gone")
+    finished = runs_of_config(client, exp_id, h, "FINISHED")
+    if finished and not cfg["rerun"]:
+        run_id = finished[0].info.run_id
+        print(f"skipped: done in run {run_id}")
+        return JobResult("SKIPPED", variant_name(cfg), h, run_id, reason=f"done in run {run_id}")
+    resume = resumable(client, exp_id, h) if cfg["resume"] else None
+    return run_job(cfg, os.environ.get(PARENT_ENV), resume)
+
+
+def resumable(client: Any, exp_id: str, h: str) -> tuple[str, Path] | None:
+    """The newest KILLED run of this config with Ultralytics' ``last.pt`` on disk."""
+    from dat_exp.env import runs_dir
+    from dat_exp.tracking.store import runs_of_config
+
+    for run in runs_of_config(client, exp_id, h, "KILLED"):
+        last = runs_dir() / "train" / run.info.run_id / "weights" / "last.pt"
+        if last.exists():
+            print(f"resuming run {run.info.run_id} from {last}")
+            return run.info.run_id, last
+    return None
 
 
 def describe(cfg: dict[str, Any], job: int, duplicate_of: int | None) -> JobResult:
@@ -135,18 +161,56 @@ def print_summary(results: list[JobResult], tracking: dict[str, Any]) -> None:
         )
 
 
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of each job, as Hydra's basic sweeper will expand them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def compose_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    loader = GlobalHydra.instance().config_loader()
+    return resolve(loader.load_configuration(config.hydra.job.config_name, overrides, RunMode.RUN))
+
+
+def check_every_job(config: DictConfig) -> None:
+    """Compose and check every job of the sweep; list the invalid ones and start none."""
+    jobs = sweep_jobs(config)
+    problems = []
+    for number, overrides in enumerate(jobs):
+        try:
+            validate_job(compose_job(config, overrides))
+        except InvalidJob as err:
+            problems.append(f"  job {number} ({' '.join(overrides)}): {err}")
+        except Exception as err:  # noqa: BLE001  (a composition error of one job)
+            problems.append(f"  job {number} ({' '.join(overrides)}): {err}".splitlines()[0])
+    if problems:
+        print(
+            f"error: {len(problems)} of {len(jobs)} jobs are invalid; none was started:",
+            file=sys.stderr,
+        )
+        print("\n".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
 class SweepCallback(Callback):
     """Parent run for a multirun; children nest under it, also from other processes."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         STATE.results.clear()
         STATE.seen.clear()
+        check_every_job(config)
         cfg = resolve(config)
         if cfg["dry_run"]:
             return
         from dat_exp.tracking.store import client_for, experiment_id, start_run
 
-        tracking = cfg["tracking"]
+        tracking = STATE.tracking = cfg["tracking"]
         client = client_for(tracking)
         exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
         name = f"sweep {config.hydra.sweep.dir.rsplit('/', 2)[-1]}"
@@ -169,3 +233,19 @@ class SweepCallback(Callback):
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         print_summary(STATE.results, resolve(config)["tracking"])
+
+
+def interrupted() -> None:
+    """SIGINT/SIGTERM: the job's run is already KILLED; end the parent run likewise."""
+    from dat_exp.tracking.store import client_for
+
+    print(
+        "\ninterrupted: the running job was marked KILLED; run the same command again to "
+        "skip what finished (resume=true continues the killed job)",
+        file=sys.stderr,
+    )
+    if STATE.results:
+        print(summary_table(STATE.results))
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent and STATE.tracking:
+        client_for(STATE.tracking).set_terminated(parent, "KILLED")

@@ -75,22 +75,25 @@ def _resolve_builtin(name: str, root: Any, runs_dir: Path) -> Path:
     else Ultralytics' ``datasets_dir`` setting joined with the YAML's ``path``."""
     from ultralytics.utils import ROOT, SETTINGS  # after dat_exp's offline environment
 
-    bundled = ROOT / "cfg" / "datasets" / f"{name}.yaml"
-    data = _load_yaml(bundled)
-    where = Path(str(root)) if root else Path(SETTINGS["datasets_dir"]) / str(data["path"])
-    where = where.expanduser().resolve()
+    data = _load_yaml(ROOT / "cfg" / "datasets" / f"{name}.yaml")
+    if root:
+        where, source = Path(str(root)).expanduser().resolve(), "data.path"
+    else:
+        where = (Path(SETTINGS["datasets_dir"]) / str(data["path"])).resolve()
+        source = f"Ultralytics' datasets_dir setting + {data['path']!r}"
     splits = [where / p for key in ("train", "val") for p in _as_list(data.get(key))]
     if not all(p.exists() for p in splits):
         raise DatasetError(
-            f"data={name}: the dataset is not on disk at {where} (Ultralytics' datasets_dir "
-            f"setting + {data['path']!r}); downloads need internet and are off at run time: "
-            f"{OFFLINE_HINT}"
+            f"data={name}: the dataset is not on disk at {where} ({source}); downloads need "
+            f"internet and are off at run time: {OFFLINE_HINT}"
         )
     data = {k: v for k, v in data.items() if k not in ("download", "yaml_file")}
     data["path"] = str(where)  # absolute, so Ultralytics never looks (or downloads) elsewhere
     out = runs_dir / "datasets" / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, out)  # atomic: a concurrent run reads a whole file
     check_dataset(out)
     return out
 
@@ -130,18 +133,29 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 def _names(data: dict[str, Any], yaml_path: Path) -> tuple[str, ...]:
     """``names`` as a list or a mapping with the keys 0..nc-1, or just ``nc`` (Ultralytics'
     three forms); ``nc`` and ``names`` must agree when both are given."""
-    names, nc = data.get("names"), data.get("nc")
-    if names is None and isinstance(nc, int) and nc > 0:
+    names, nc = data.get("names"), _int_or_none(data.get("nc"))
+    if names is None and nc and nc > 0:
         return tuple(f"class_{i}" for i in range(nc))
-    if isinstance(names, list):
-        out = tuple(str(n) for n in names)
-    elif isinstance(names, dict) and sorted(names, key=str) == sorted(range(len(names)), key=str):
-        out = tuple(str(names[i]) for i in range(len(names)))
-    else:
+    keyed = dict(enumerate(names)) if isinstance(names, list) else _int_keys(names)
+    if keyed is None or sorted(keyed) != list(range(len(keyed))) or not keyed:
         raise DatasetError(f"{yaml_path}: names must be a list or a mapping 0..nc-1, not {names!r}")
-    if nc is not None and nc != len(out):
-        raise DatasetError(f"{yaml_path}: nc={nc!r} but names has {len(out)} entries")
-    return out
+    if nc is not None and nc != len(keyed):
+        raise DatasetError(f"{yaml_path}: nc={data['nc']!r} but names has {len(keyed)} entries")
+    return tuple(str(keyed[i]) for i in range(len(keyed)))
+
+
+def _int_keys(names: Any) -> dict[int, Any] | None:
+    try:
+        return {int(k): v for k, v in names.items()}
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and float(value) == int(value) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _dataset_root(data: dict[str, Any], yaml_path: Path) -> Path:
@@ -199,7 +213,11 @@ def _listed_images(txt: Path) -> list[Path]:
     """Ultralytics' image-list files: one path a line, ``./`` relative to the list's folder."""
     lines = txt.read_text(encoding="utf-8-sig").split()
     paths = [txt.parent / x[2:] if x.startswith("./") else Path(x) for x in lines]
-    return [p for p in paths if p.suffix[1:].lower() in IMG_FORMATS]
+    images = [p for p in paths if p.suffix[1:].lower() in IMG_FORMATS]
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{txt}: {len(missing)} listed images do not exist, e.g. {missing[0]}")
+    return images
 
 
 # --------------------------------------------------------------------------- labels

@@ -1,11 +1,17 @@
 """The embedded default dataset: a small, deterministic, *not trivial* detection task.
 
 Plain shapes on noise saturate within a few epochs, which leaves no room for a better model to
-show. This task adds what makes detection hard: objects at several scales (many small), textured
-backgrounds, clutter that is never labelled (lines, polygons, striped look-alikes), partial
-occlusion, objects cut by the border, and a class pair (horizontal vs vertical stripes on the same
-rectangle) that only the object as a whole tells apart: the stripes are noisy, low-contrast,
-tilted up to 20 degrees, and diagonal / elliptical striped decoys are in the clutter.
+show. This task adds what makes detection hard: objects from 10% to 45% of the image side (a third
+of them under 24 px at 160 px), textured backgrounds, clutter that is never labelled (lines,
+outlines, polygons, striped look-alikes), partial occlusion, objects cut by the border, and a
+class pair (``hstripes`` / ``vstripes``: the same rectangle in the same hues) that only the stripe
+orientation across the whole object tells apart; the stripes are noisy, tilted up to 20 degrees,
+and diagonally striped rectangles and striped ellipses in the same hues are among the decoys.
+The other classes have a hue family (``palette``), a partial shortcut that lets a small model
+learn within a few epochs while the stripe pair stays hard.
+
+Calibrated for the ``smoke`` preset (YOLOv8n from scratch, CPU): mAP50 about 0.44 after 12
+epochs and 0.53 after 20 on the default spec, with the stripe pair near 0.2.
 
 Written as Ultralytics YOLO-format folders plus ``data.yaml``; same spec -> same bytes.
 """
@@ -17,9 +23,12 @@ import json
 import math
 import os
 import shutil
+import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -54,9 +63,9 @@ class SyntheticSpec:
     seed: int = 0
     clutter: float = 1.0  # scales the number of unlabelled distractors
     max_objects: int = 8  # labelled objects per image: 1..max_objects
-    min_size: float = 0.08  # object size range, as a fraction of the image side (log-uniform)
+    min_size: float = 0.1  # object size range, as a fraction of the image side (log-uniform)
     max_size: float = 0.45
-    palette: float = 0.75  # probability that an object takes its class's hue family
+    palette: float = 0.9  # probability that an object takes its class's hue family
 
     def __post_init__(self) -> None:
         _check_range("classes", self.classes, 1, len(CLASS_NAMES))
@@ -70,7 +79,10 @@ class SyntheticSpec:
             raise ValueError(f"clutter={self.clutter!r} must be a number in [0, 10]")
         if not isinstance(self.palette, int | float) or not 0 <= self.palette <= 1:
             raise ValueError(f"palette={self.palette!r} must be a number in [0, 1]")
-        if not 0.01 <= self.min_size <= self.max_size <= 0.9:
+        sizes = (self.min_size, self.max_size)
+        if not all(isinstance(v, int | float) for v in sizes) or not (
+            0.01 <= self.min_size <= self.max_size <= 0.9
+        ):
             raise ValueError(
                 f"min_size={self.min_size!r}, max_size={self.max_size!r}: need "
                 "0.01 <= min_size <= max_size <= 0.9"
@@ -91,7 +103,7 @@ def _check_range(name: str, value: object, lo: int, hi: int) -> None:
         raise ValueError(f"{name}={value!r} must be an integer in {lo}..{hi}")
 
 
-def spec_from_mapping(cfg: dict) -> SyntheticSpec:
+def spec_from_mapping(cfg: Mapping[str, Any]) -> SyntheticSpec:
     """A spec from the keys of ``cfg`` that are SyntheticSpec fields (others are ignored)."""
     known = {f.name for f in fields(SyntheticSpec)}
     return SyntheticSpec(**{k: v for k, v in cfg.items() if k in known and v is not None})
@@ -109,9 +121,10 @@ def generate(spec: SyntheticSpec, root: Path) -> Path:
     root = Path(root).resolve()
     final = root / f"synthetic-{spec.digest()}"
     if (final / MARKER).exists():
-        return final / "data.yaml"
+        return _ensure_path(final)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _remove_stale_tmp(root, final.name)
+    tmp = root / f".{final.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _write_dataset(spec, tmp, final)
         _move_into_place(tmp, final)
@@ -119,6 +132,33 @@ def generate(spec: SyntheticSpec, root: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final / "data.yaml"
+
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _remove_stale_tmp(root: Path, name: str) -> None:
+    """Temporary folders left by killed processes of this host (never another host's: the
+    runs folder may be shared, and a pid there means nothing here)."""
+    for tmp in root.glob(f".{name}.tmp-{_HOST}-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 2)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (PermissionError, ValueError):
+            pass  # alive (someone else's), or not a name generate() makes
+
+
+def _ensure_path(final: Path) -> Path:
+    """data.yaml of a complete folder, its absolute ``path`` fixed if the folder was moved."""
+    yaml_path = final / "data.yaml"
+    data = yaml.safe_load(yaml_path.read_text())
+    if data.get("path") != str(final):
+        data["path"] = str(final)
+        tmp = final / f".data.yaml.{os.getpid()}"
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, yaml_path)  # atomic: readers see the old or the new file
+    return yaml_path
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:

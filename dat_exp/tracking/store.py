@@ -3,8 +3,15 @@ so that parents, children and callbacks work across processes."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
 import os
+import random
+import socket
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +26,69 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # runs 
 PARENT_ENV = "DAT_EXP_PARENT_RUN_ID"  # children started in other processes nest under it
 
 
+STALE_AFTER_S = 600  # a RUNNING run whose heartbeat is older than this has lost its process
+HEARTBEAT_S = 60
+
+
 def tracking_uri(tracking: dict[str, Any]) -> str:
     if tracking.get("uri"):
         return str(tracking["uri"])
     return f"sqlite:///{runs_dir() / 'mlflow.db'}"
 
 
-def client_for(tracking: dict[str, Any]) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri(tracking))
+def client_for(tracking: dict[str, Any]) -> RetryingClient:
+    uri = tracking_uri(tracking)
+    if not uri.startswith("sqlite:///"):
+        return RetryingClient(uri)
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow creates and migrates the schema on first open; two processes doing it at once
+    # corrupt it, so the first open of each process is serialised by a file lock.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            prepare_sqlite(path)
+            client = RetryingClient(uri)
+            client.search_experiments(max_results=1)  # creates the store now, under the lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
+def prepare_sqlite(path: Path) -> None:
+    """WAL mode lets readers and one writer work at once; it is a property of the file, so
+    setting it once serves every process that opens the store later."""
+    with sqlite3.connect(path, timeout=60) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
+def _retrying(method):
+    """Retry a store call while SQLite reports the database as locked (other writers)."""
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        for attempt in range(8):
+            try:
+                return method(*args, **kwargs)
+            except (MlflowException, sqlite3.OperationalError) as err:
+                if "locked" not in str(err) or attempt == 7:
+                    raise
+                time.sleep(0.1 * 2**attempt * (1 + random.random()))
+        return None
+
+    return call
+
+
+class RetryingClient:
+    """``MlflowClient`` whose calls retry with backoff on a locked SQLite store."""
+
+    def __init__(self, uri: str) -> None:
+        self.tracking_uri = uri
+        self._client = MlflowClient(tracking_uri=uri)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        return _retrying(attr) if callable(attr) else attr
 
 
 def experiment_id(client: MlflowClient, name: str, local: bool) -> str:
@@ -100,3 +162,67 @@ def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, sourc
 
 def parent_run_from_env() -> str | None:
     return os.environ.get(PARENT_ENV) or None
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs a run: recognised later if the process is gone."""
+    return {
+        "dat_exp.host": socket.gethostname(),
+        "dat_exp.pid": str(os.getpid()),
+        "dat_exp.heartbeat": str(int(time.time())),
+    }
+
+
+def start_heartbeat(client: Any, run_id: str) -> threading.Event:
+    """Refresh the run's heartbeat tag until the returned event is set."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat is not worth a job
+                client.set_tag(run_id, "dat_exp.heartbeat", str(int(time.time())))
+
+    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{run_id[:8]}").start()
+    return stop
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(tags: dict[str, str], now: float | None = None) -> bool:
+    """A RUNNING run whose owner is gone: its process is not alive on this host, or its
+    heartbeat is older than ``STALE_AFTER_S``."""
+    now = time.time() if now is None else now
+    pid = tags.get("dat_exp.pid", "")
+    same_host = tags.get("dat_exp.host") == socket.gethostname()
+    if same_host and pid.isdigit() and not _process_alive(int(pid)):
+        return True
+    heartbeat = tags.get("dat_exp.heartbeat", "")
+    return heartbeat.isdigit() and now - int(heartbeat) > STALE_AFTER_S
+
+
+def runs_of_config(client: Any, exp_id: str, config_hash: str, status: str) -> list:
+    """Runs of one config hash with one status, newest first."""
+    return client.search_runs(
+        [exp_id],
+        f"tags.`dat_exp.config_hash` = '{config_hash}' and attributes.status = '{status}'",
+        order_by=["attributes.start_time DESC"],
+    )
+
+
+def mark_stale_runs_killed(client: Any, exp_id: str, config_hash: str) -> list[str]:
+    """Mark RUNNING runs of this config whose process is gone as KILLED; return their ids."""
+    killed = []
+    for run in runs_of_config(client, exp_id, config_hash, "RUNNING"):
+        if is_stale(run.data.tags):
+            client.set_tag(run.info.run_id, "dat_exp.error", "process gone (found RUNNING later)")
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    return killed

@@ -1,0 +1,264 @@
+"""``python -m dat_exp.report [EXPERIMENT | --sweep PARENT_RUN_ID] [--tracking-uri URI]``
+
+Writes a Markdown and an HTML report (the per-variant table against the baseline, the failures,
+the plots, a DAT sampling-point picture) into ``runs/reports/<name>/``, logs it to the sweep's
+parent run, and prints the table. Without arguments: the latest sweep in ``runs/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+import dat_exp  # noqa: F401  (offline environment and layers, before Ultralytics loads)
+from dat_exp.analysis import (
+    Analysis,
+    AnalysisError,
+    RunSet,
+    analyse,
+    curves_figure,
+    delta_heatmap,
+    epoch_history,
+    failures_table,
+    latest_sweep,
+    load_runs,
+    sampling_picture,
+    save_png,
+    table,
+    tradeoff_figure,
+)
+from dat_exp.env import runs_dir
+
+HOW_TO_READ = (
+    "Each row is one variant (every setting but the seed), its metrics the mean over its seeds "
+    "± the half-width of the Student-t 95% interval of that mean. Δ is the variant's mean minus "
+    "its baseline's (placement=none with the same model, data, train preset and device type, "
+    "from anywhere in the experiment), with Welch's 95% interval; p is the paired t-test over "
+    "the seeds both have. 'not distinguishable': the Δ interval contains zero; 'single run': "
+    "one side has one run, so there is no interval. Failed runs are listed apart and are in no "
+    "mean; 'superseded' means the same config later finished."
+)
+FAILURE_COLUMNS = ["run_id", "variant", "seed", "status", "error", "superseded"]
+
+
+@dataclass
+class Report:
+    directory: Path
+    figures: dict[str, Path] = field(default_factory=dict)  # caption -> PNG
+    notes: list[str] = field(default_factory=list)
+    markdown: Path | None = None
+    html: Path | None = None
+
+
+# -- selection -----------------------------------------------------------------------------------
+def select(
+    experiment: str | None = None, sweep: str | None = None, tracking_uri: str | None = None
+) -> RunSet:
+    """The runs to report on: a sweep, an experiment, or (neither given) the latest sweep."""
+    if sweep is None and experiment is None:
+        sweep = latest_sweep(tracking_uri)
+    return load_runs(experiment=experiment, sweep=sweep, tracking_uri=tracking_uri)
+
+
+def sampling_run(runs: pd.DataFrame, metric: str = "mAP50-95") -> str | None:
+    """The DAT run with the best ``metric``: the one whose sampling points are pictured."""
+    dat = runs[runs["placement"] != "none"]
+    if dat.empty:
+        return None
+    return str(dat.sort_values(metric, ascending=False)["run_id"].iloc[0])
+
+
+# -- figures -------------------------------------------------------------------------------------
+def write_figures(analysis: Analysis, out: Path, sampling: bool = True) -> Report:
+    """Every plot as a PNG in ``out`` (a skipped one leaves a note instead)."""
+    report = Report(out)
+    v, uri = analysis.variants, analysis.runset.tracking_uri
+    m = analysis.metric
+    report.figures[f"{m} vs exact GFLOPs"] = save_png(
+        tradeoff_figure(v, "gflops", m), out / "tradeoff_gflops.png"
+    )
+    report.figures[f"{m} vs latency"] = save_png(
+        tradeoff_figure(v, "latency_ms", m), out / "tradeoff_latency.png"
+    )
+    history = epoch_history(analysis.runset.runs, f"val/{m}", uri)
+    report.figures[f"val/{m} per epoch"] = save_png(
+        curves_figure(history, f"val/{m}"), out / "curves.png"
+    )
+    heat, note = delta_heatmap(v, metric=m)
+    if heat is not None:
+        report.figures[f"Δ {m} heat map"] = save_png(heat, out / "delta_heatmap.png")
+    if note:
+        report.notes.append(note)
+    if sampling:
+        _add_sampling(report, analysis, out)
+    return report
+
+
+def _add_sampling(report: Report, analysis: Analysis, out: Path) -> None:
+    run_id = sampling_run(analysis.runset.runs, analysis.metric)
+    if run_id is None:
+        report.notes.append("sampling points: no DAT run in the selection")
+        return
+    try:
+        path = sampling_picture(run_id, analysis.runset.tracking_uri, out_dir=out)
+    except AnalysisError as err:
+        report.notes.append(f"sampling points skipped: {err}")
+        return
+    report.figures[f"DAT sampling points (run {run_id})"] = path
+    report.notes.append(f"sampling points logged to run {run_id} as analysis/{path.name}")
+
+
+# -- documents -----------------------------------------------------------------------------------
+def title(runset: RunSet) -> str:
+    what = (runset.sweep_name or f"sweep {runset.sweep_id}") if runset.sweep_id else "experiment"
+    return f"DAT ablation: {what} ({runset.experiment})"
+
+
+def header_lines(analysis: Analysis) -> list[str]:
+    rs = analysis.runset
+    sweep = f"; sweep run `{rs.sweep_id}`" if rs.sweep_id else ""
+    return [
+        f"Store `{rs.tracking_uri}`, experiment `{rs.experiment}`{sweep}.",
+        f"{len(rs.runs)} finished runs in {len(analysis.variants)} variants; "
+        f"{len(rs.failures)} not finished. Generated {datetime.now():%Y-%m-%d %H:%M}.",
+    ]
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| " + " | ".join(cell(c) for c in frame.columns) + " |",
+        "|" + "---|" * len(frame.columns),
+    ]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join(lines)
+
+
+def render_markdown(analysis: Analysis, report: Report) -> str:
+    parts = [f"# {title(analysis.runset)}", ""]
+    for warning in analysis.warnings:
+        parts += [f"> **{warning}**", ""]
+    parts += header_lines(analysis) + ["", "## Variants", "", markdown_table(table(analysis))]
+    parts += ["", HOW_TO_READ, "", "## Runs that did not finish", ""]
+    failures = failures_table(analysis)[FAILURE_COLUMNS]
+    parts.append(markdown_table(failures) if not failures.empty else "None.")
+    parts += ["", "## Plots", ""]
+    for caption, path in report.figures.items():
+        parts += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
+    parts += [f"- {note}" for note in report.notes]
+    return "\n".join(parts) + "\n"
+
+
+def render_html(analysis: Analysis, report: Report) -> str:
+    esc = html.escape
+    body = [f"<h1>{esc(title(analysis.runset))}</h1>"]
+    body += [f'<p class="warning">{esc(w)}</p>' for w in analysis.warnings]
+    body += [f"<p>{esc(line.replace('`', ''))}</p>" for line in header_lines(analysis)]
+    body += [
+        "<h2>Variants</h2>",
+        table(analysis).to_html(index=False),
+        f"<p>{esc(HOW_TO_READ)}</p>",
+    ]
+    failures = failures_table(analysis)[FAILURE_COLUMNS]
+    body += [
+        "<h2>Runs that did not finish</h2>",
+        failures.to_html(index=False) if not failures.empty else "<p>None.</p>",
+    ]
+    body.append("<h2>Plots</h2>")
+    for caption, path in report.figures.items():
+        body += [f"<h3>{esc(caption)}</h3>", f'<img src="{esc(path.name)}" alt="{esc(caption)}">']
+    body += ["<ul>"] + [f"<li>{esc(n)}</li>" for n in report.notes] + ["</ul>"]
+    style = (
+        "body{font-family:sans-serif;max-width:80em;margin:auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}"
+        ".warning{color:#fff;background:#c00;padding:.5em;font-weight:bold}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>"
+        f"{esc(title(analysis.runset))}</title><style>{style}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
+
+
+def build_report(analysis: Analysis, out: Path | None = None, sampling: bool = True) -> Report:
+    """Figures, ``report.md``, ``report.html`` and the tables as CSV in ``out`` (default
+    ``runs/reports/<name>/``)."""
+    out = Path(out) if out else runs_dir() / "reports" / analysis.runset.name
+    out.mkdir(parents=True, exist_ok=True)
+    report = write_figures(analysis, out, sampling)
+    analysis.variants.to_csv(out / "variants.csv", index=False)
+    analysis.runset.runs.to_csv(out / "runs.csv", index=False)
+    analysis.runset.failures.to_csv(out / "failures.csv", index=False)
+    report.markdown = out / "report.md"
+    report.markdown.write_text(render_markdown(analysis, report))
+    report.html = out / "report.html"
+    report.html.write_text(render_html(analysis, report))
+    return report
+
+
+def log_report(analysis: Analysis, report: Report) -> str | None:
+    """Log the report folder to the sweep's parent run under ``report/``; None for an
+    experiment (no parent run)."""
+    if not analysis.runset.sweep_id:
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(analysis.runset.tracking_uri)
+    client.log_artifacts(analysis.runset.sweep_id, str(report.directory), "report")
+    return analysis.runset.sweep_id
+
+
+# -- command line --------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dat_exp.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("experiment", nargs="?", help="an experiment name (all its runs)")
+    parser.add_argument("--sweep", help="a sweep's parent run id")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: runs/mlflow.db)")
+    parser.add_argument("--out", type=Path, help="report folder (default: runs/reports/<name>)")
+    parser.add_argument("--no-sampling", action="store_true", help="no sampling-point picture")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = parser.parse_args(argv)
+    if args.experiment and args.sweep:
+        parser.error("give an experiment or --sweep, not both")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        analysis = analyse(select(args.experiment, args.sweep, args.tracking_uri))
+        report = build_report(analysis, args.out, sampling=not args.no_sampling)
+        logged = None if args.no_log else log_report(analysis, report)
+    except AnalysisError as err:
+        print(f"dat_exp.report: {err}", file=sys.stderr)
+        return 2
+    except MlflowException as err:  # an unreachable or unknown tracking store
+        print(f"dat_exp.report: MLflow: {err.message}", file=sys.stderr)
+        return 2
+    print("\n".join(analysis.warnings + [""]) if analysis.warnings else "", end="")
+    print(table(analysis).to_string(index=False))
+    print(f"\nreport: {report.markdown}\n        {report.html}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if logged:
+        print(f"logged to run {logged} under report/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""A real tiny sweep, made once per session through the real entry point, plus failed runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.runner.entry import CALIBRATED, run_entry
+
+ABSURD = 99.0  # a failed run's metric: any mean that includes it is visibly wrong
+
+
+@dataclass
+class SweepStore:
+    work: Path  # the working directory of the sweep (its runs/ is the default store)
+    uri: str
+    experiment_id: str
+    sweep_id: str
+    finished: dict[str, str]  # run id -> placement
+    failed_id: str  # a failure nothing replaced
+    superseded_id: str  # a failure whose config finished later
+
+
+def add_failed_run(
+    client: MlflowClient, like, parent: str, seed: str, config_hash: str, start_ms: int
+) -> str:
+    """A FAILED run of ``like``'s variant, logged as the runner logs one, with absurd metrics."""
+    tags = {
+        key: like.data.tags[key]
+        for key in ("dat_exp.variant_hash", "dat_exp.variant", "device_type", "device_name")
+    }
+    tags.update(
+        {
+            "dat_exp.config_hash": config_hash,
+            "dat_exp.error": "RuntimeError: injected by the test",
+            "mlflow.parentRunId": parent,
+        }
+    )
+    run_id = client.create_run(
+        like.info.experiment_id, start_time=start_ms, tags=tags, run_name="failed"
+    ).info.run_id
+    for key, value in {**like.data.params, "seed": seed}.items():
+        client.log_param(run_id, key, value)
+    client.log_metric(run_id, "mAP50-95", ABSURD)
+    client.set_terminated(run_id, "FAILED")
+    return run_id
+
+
+@pytest.fixture(scope="session")
+def sweep_store(tmp_path_factory) -> SweepStore:
+    work = tmp_path_factory.mktemp("analysis") / "work"
+    work.mkdir()
+    out = run_entry(work, "-m", "placement=none,sppf", "seed=0,1", *CALIBRATED)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    uri = f"sqlite:///{work / 'runs' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("dat-exp").experiment_id
+    parents = client.search_runs([exp], "tags.`dat_exp.sweep` = 'true'")
+    assert len(parents) == 1, f"the sweep logged {len(parents)} parent runs:\n{out.stderr[-3000:]}"
+    sweep = parents[0].info.run_id
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{sweep}'")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    sppf = next(r for r in children if r.data.params["placement"] == "sppf")
+    failed = add_failed_run(client, sppf, sweep, "2", "f" * 12, int(time.time() * 1000))
+    superseded = add_failed_run(
+        client,
+        sppf,
+        sweep,
+        sppf.data.params["seed"],
+        sppf.data.tags["dat_exp.config_hash"],
+        sppf.info.start_time - 60_000,  # failed a minute before the same config finished
+    )
+    finished = {r.info.run_id: r.data.params["placement"] for r in children}
+    return SweepStore(work, uri, exp, sweep, finished, failed, superseded)

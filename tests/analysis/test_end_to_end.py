@@ -1,0 +1,132 @@
+"""On a real tiny sweep (none and sppf, two seeds each) plus injected failures: the tidy table,
+the aggregate, the report through its command line, the sampling picture."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from mlflow import MlflowClient
+
+from dat_exp.analysis import analyse, load_runs
+from tests.analysis.cli import network_attempts, run_report
+from tests.analysis.conftest import ABSURD
+from tests.analysis.test_plots import assert_real_png
+
+pytestmark = pytest.mark.slow
+
+COLUMNS = {
+    "run_id",
+    "status",
+    "variant",
+    "variant_hash",
+    "config_hash",
+    "placement",
+    "levels",
+    "dat.pe",
+    "dat.offset_range_factor",
+    "dat.no_off",
+    "seed",
+    "model",
+    "data",
+    "train",
+    "device_type",
+    "mAP50",
+    "mAP50-95",
+    "precision",
+    "recall",
+    "gflops",
+    "params",
+    "latency_ms",
+    "train_time_s",
+}
+
+
+@pytest.fixture(scope="module")
+def runset(sweep_store):
+    return load_runs(sweep=sweep_store.sweep_id, tracking_uri=sweep_store.uri)
+
+
+def test_one_row_per_finished_run(runset, sweep_store):
+    runs = runset.runs
+    assert sorted(runs["run_id"]) == sorted(sweep_store.finished)
+    assert set(runs.columns) >= COLUMNS, COLUMNS - set(runs.columns)
+    assert set(runs["status"]) == {"FINISHED"} and sweep_store.sweep_id not in set(runs["run_id"])
+    assert sorted(runs["seed"]) == [0, 0, 1, 1]
+    assert dict(zip(runs["placement"], runs["levels"], strict=True)) == {"none": "", "sppf": "P5"}
+    assert not runs["mAP50-95"].isna().any()
+    assert not any("/" in c for c in runs.columns), "per-epoch series are not final metrics"
+
+
+def test_failures_apart_and_superseded(runset, sweep_store):
+    f = runset.failures.set_index("run_id")
+    assert set(f.index) == {sweep_store.failed_id, sweep_store.superseded_id}
+    assert not f.loc[sweep_store.failed_id, "superseded"]
+    assert f.loc[sweep_store.superseded_id, "superseded"]
+    assert f.loc[sweep_store.superseded_id, "superseded_by"] in sweep_store.finished
+    assert "injected" in f.loc[sweep_store.failed_id, "error"]
+
+
+def test_aggregate_over_two_seeds_without_the_failures(runset):
+    result = analyse(runset)
+    v = result.variants.set_index("placement")
+    assert v["n"].tolist() == [2, 2]
+    for placement, row in v.iterrows():
+        values = runset.runs.loc[runset.runs["placement"] == placement, "mAP50-95"]
+        assert row["mAP50-95_mean"] == pytest.approx(values.mean())
+        assert row["mAP50-95_mean"] < ABSURD / 10
+    assert v.loc["none", "verdict"] == "baseline"
+    assert v.loc["sppf", "baseline_variant"] == "none"
+    assert v.loc["sppf", "baseline_match"] == "same config"
+    assert v.loc["sppf", "paired_n"] == 2
+    assert v.loc["sppf", "verdict"] in {"better", "worse", "not distinguishable"}
+
+
+def test_experiment_holds_the_same_runs(sweep_store, runset):
+    everything = load_runs("dat-exp", tracking_uri=sweep_store.uri)
+    assert sorted(everything.runs["run_id"]) == sorted(runset.runs["run_id"])
+
+
+def identical_seeds(runs) -> bool:
+    quality = ["mAP50-95", "mAP50", "precision", "recall"]
+    return any(g[quality].nunique().max() == 1 for _, g in runs.groupby("variant_hash"))
+
+
+def test_report_command_on_the_latest_sweep(sweep_store, runset):
+    out = run_report(sweep_store.work)  # no arguments: the latest sweep in ./runs/mlflow.db
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    for variant in runset.runs["variant"].unique():
+        assert re.search(rf"^\s*{re.escape(variant)}\s", out.stdout, re.M), variant
+    assert ("WARNING" in out.stdout) == identical_seeds(runset.runs)
+    folder = sweep_store.work / "runs" / "reports" / runset.name
+    markdown = (folder / "report.md").read_text()
+    variants = markdown.split("## Variants")[1].split("\n## ")[0]
+    rows = [line for line in variants.splitlines() if line.startswith("| ")][1:]  # no header
+    assert len(rows) == runset.runs["variant_hash"].nunique()
+    assert "<table" in (folder / "report.html").read_text()
+    pngs = sorted(folder.glob("*.png"))
+    assert {p.name for p in pngs} >= {
+        "tradeoff_gflops.png",
+        "tradeoff_latency.png",
+        "curves.png",
+        "sampling_points.png",
+    }
+    for png in pngs:
+        assert_real_png(png)
+        assert f"]({png.name})" in markdown
+    client = MlflowClient(sweep_store.uri)
+    logged = {a.path for a in client.list_artifacts(sweep_store.sweep_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/curves.png"} <= logged
+    dat_runs = [r for r, p in sweep_store.finished.items() if p == "sppf"]
+    pictured = [r for r in dat_runs if client.list_artifacts(r, "analysis")]
+    assert len(pictured) == 1
+    assert network_attempts(sweep_store.work) == []
+
+
+@pytest.mark.slow
+def test_the_test_configuration_is_calibrated(sweep_store):
+    """The analysis runs on real learning, not on zeros: every run of the sweep has learned."""
+    client = MlflowClient(sweep_store.uri)
+    for run_id in sweep_store.finished:
+        assert client.get_run(run_id).data.metrics["mAP50"] >= 0.1
