@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 UI_PORT ?= 5000
 
-.PHONY: venv test lint demo ui report clean
+.PHONY: venv test lint demo ui report server clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,18 @@ report: $(STAMP)
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db \
 		--host 127.0.0.1 --port $(UI_PORT)
+
+# An MLflow tracking server over a database (SQLite here; any SQLAlchemy URI, e.g.
+# postgresql://user@db/mlflow, via SERVER_DB=...), with its own artifact root under runs/.
+# It binds to loopback unless told otherwise (SERVER_HOST=0.0.0.0 on a shared host).
+SERVER_DB ?= sqlite:///$(CURDIR)/runs/server/mlflow.db
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+server: $(STAMP)
+	mkdir -p runs/server/artifacts
+	$(VENV)/bin/mlflow server --backend-store-uri $(SERVER_DB) \
+		--artifacts-destination $(CURDIR)/runs/server/artifacts \
+		--host $(SERVER_HOST) --port $(SERVER_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

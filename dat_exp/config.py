@@ -120,11 +120,28 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: Any) -> str:
-    """``auto`` -> ``0`` on CUDA, else ``cpu``; anything else as given (checked elsewhere)."""
+    """``auto`` -> a GPU on CUDA, else ``cpu``; anything else as given (checked elsewhere).
+
+    With several GPUs visible, job n of a sweep gets GPU n mod count: a parallel launcher's
+    workers are reused, so setting CUDA_VISIBLE_DEVICES inside a job would come too late.
+    """
     device = str(device).strip()
-    if device == "auto":
-        return "0" if cuda_available() else "cpu"
-    return device
+    if device != "auto":
+        return device
+    if not cuda_available():
+        return "cpu"
+    import torch
+
+    return str(_job_number() % torch.cuda.device_count())
+
+
+def _job_number() -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return int(HydraConfig.get().job.num)
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 def device_type(device: str) -> str:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from dat_exp.tracking.store import PARENT_ENV
 from dat_exp.validate import InvalidJob, validate_job
 
 log = logging.getLogger("dat_exp")
+DUPLICATES_ENV = "DAT_EXP_DUPLICATE_JOBS"
 
 
 @dataclass
@@ -49,8 +51,8 @@ def execute(cfg: dict[str, Any]) -> JobResult:
         print(f"error: {err}", file=sys.stderr)
         return result
     h = config_hash(cfg)
-    job = len(STATE.results)
-    duplicate_of = STATE.seen.get(h)
+    job = job_number(len(STATE.results))
+    duplicate_of = duplicates().get(job, STATE.seen.get(h))
     STATE.seen.setdefault(h, job)
     if cfg["dry_run"]:
         result = describe(cfg, job, duplicate_of)
@@ -61,6 +63,22 @@ def execute(cfg: dict[str, Any]) -> JobResult:
         result = run_or_skip(cfg, h)
     STATE.results.append(result)
     return result
+
+
+def job_number(default: int) -> int:
+    """This job's number in the sweep (Hydra's), also in a launcher's worker process."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return int(HydraConfig.get().job.num)
+    except (ValueError, TypeError, AttributeError):
+        return default
+
+
+def duplicates() -> dict[int, int]:
+    """Job number -> the earlier job with the same config hash, found when the sweep was
+    checked, so that duplicates run once under any launcher."""
+    return {int(k): v for k, v in json.loads(os.environ.get(DUPLICATES_ENV, "{}")).items()}
 
 
 def run_or_skip(cfg: dict[str, Any], h: str) -> JobResult:
@@ -161,6 +179,28 @@ def print_summary(results: list[JobResult], tracking: dict[str, Any]) -> None:
         )
 
 
+def results_from_store(tracking: dict[str, Any], parent: str) -> list[JobResult]:
+    """The sweep's jobs as its child runs say, for launchers that ran them elsewhere."""
+    from dat_exp.tracking.store import client_for
+
+    client = client_for(tracking)
+    exp_id = client.get_run(parent).info.experiment_id
+    runs = client.search_runs(
+        [exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", order_by=["attributes.start_time ASC"]
+    )
+    return [
+        JobResult(
+            run.info.status,
+            run.data.tags.get("dat_exp.variant", ""),
+            run.data.tags.get("dat_exp.config_hash", ""),
+            run.info.run_id,
+            dict(run.data.metrics),
+            run.data.tags.get("dat_exp.error", ""),
+        )
+        for run in runs
+    ]
+
+
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The override list of each job, as Hydra's basic sweeper will expand them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -182,9 +222,16 @@ def check_every_job(config: DictConfig) -> None:
     """Compose and check every job of the sweep; list the invalid ones and start none."""
     jobs = sweep_jobs(config)
     problems = []
+    first: dict[str, int] = {}
+    repeated: dict[int, int] = {}
     for number, overrides in enumerate(jobs):
         try:
-            validate_job(compose_job(config, overrides))
+            cfg = compose_job(config, overrides)
+            validate_job(cfg)
+            h = config_hash(cfg)
+            if h in first:
+                repeated[number] = first[h]
+            first.setdefault(h, number)
         except InvalidJob as err:
             problems.append(f"  job {number} ({' '.join(overrides)}): {err}")
         except Exception as err:  # noqa: BLE001  (a composition error of one job)
@@ -196,6 +243,7 @@ def check_every_job(config: DictConfig) -> None:
         )
         print("\n".join(problems), file=sys.stderr)
         sys.exit(2)
+    os.environ[DUPLICATES_ENV] = json.dumps(repeated)
 
 
 class SweepCallback(Callback):
@@ -222,6 +270,9 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         cfg = resolve(config)
+        parent = os.environ.get(PARENT_ENV)
+        if not STATE.results and parent:  # the jobs ran in a launcher's other processes
+            STATE.results.extend(results_from_store(cfg["tracking"], parent))
         print_summary(STATE.results, cfg["tracking"])
         parent = os.environ.pop(PARENT_ENV, None)
         if parent:

@@ -66,3 +66,11 @@ def write_tiny_dataset(root: Path, n_images: int = 8, size: int = 64, nc: int = 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """An empty working directory for the entry point (its runs/ is the default store)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d

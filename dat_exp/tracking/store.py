@@ -86,6 +86,11 @@ class RetryingClient:
         self.tracking_uri = uri
         self._client = MlflowClient(tracking_uri=uri)
 
+    def __reduce__(self):
+        # Pickled by URI: Ultralytics' multi-GPU workers unpickle the trainer's callbacks in
+        # fresh processes, where a live database connection would not survive.
+        return RetryingClient, (self.tracking_uri,)
+
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
         return _retrying(attr) if callable(attr) else attr
