@@ -132,16 +132,19 @@ def resolve_device(device: Any) -> str:
         return "cpu"
     import torch
 
-    return str(_job_number() % torch.cuda.device_count())
+    return str(job_number() % torch.cuda.device_count())
 
 
-def _job_number() -> int:
+def job_number(default: int = 0) -> int:
+    """This job's number in the sweep (Hydra's), also in a launcher's worker process."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
         return int(HydraConfig.get().job.num)
-    except (ValueError, TypeError, AttributeError):
-        return 0
+    # a single run (no -m) leaves hydra.job.num unset; outside Hydra there is no config
+    except (OmegaConfBaseException, ValueError, TypeError, AttributeError):
+        return default
 
 
 def device_type(device: str) -> str:

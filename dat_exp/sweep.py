@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from dat_exp.config import config_hash, resolve, variant_name
+from dat_exp.config import config_hash, job_number, resolve, variant_name
 from dat_exp.runner import JobResult, prepare, run_job
 from dat_exp.tracking.store import PARENT_ENV
 from dat_exp.validate import InvalidJob, validate_job
@@ -63,16 +63,6 @@ def execute(cfg: dict[str, Any]) -> JobResult:
         result = run_or_skip(cfg, h)
     STATE.results.append(result)
     return result
-
-
-def job_number(default: int) -> int:
-    """This job's number in the sweep (Hydra's), also in a launcher's worker process."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return int(HydraConfig.get().job.num)
-    except (ValueError, TypeError, AttributeError):
-        return default
 
 
 def duplicates() -> dict[int, int]:
