@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 UI_PORT ?= 5000
 
-.PHONY: venv test lint demo ui report server clean
+.PHONY: venv test lint demo bench ui report server clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ test: lint
 # A small real sweep on the embedded dataset: the stock model against DAT after SPPF.
 demo: $(STAMP)
 	$(PY) -m dat_exp -m placement=none,sppf device=cpu
+
+# Speed and memory of the attention paths and of each placement (ARGS="--full" on a GPU).
+bench: $(STAMP)
+	$(PY) -m dat_exp.bench $(ARGS)
 
 # Analysis of the latest sweep (or: make report ARGS="--sweep <parent run id>").
 report: $(STAMP)

@@ -1,13 +1,15 @@
 """One latency routine, shared by the runner and the bench.
 
-Batch-1 inference of the fused model in eval mode: warm-up, then repeats until the median is
-stable (p50, p90 and spread reported); CUDA events and fp16 on GPU, a fixed thread count and
-wall clock on CPU.
+Batch-1 inference of the fused model in eval mode: warm-up, then blocks of timed calls until the
+timings are stationary (the medians of their first and second half agree); p50, p90 and spread
+reported. CUDA events and fp16 on GPU; a fixed thread count and wall clock on CPU; the garbage
+collector off while timing.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -64,33 +66,62 @@ def measure_latency(
     block: int = 10,
     max_seconds: float = 15.0,
     tolerance: float = 0.02,
+    min_blocks: int = 4,
+    warmup_seconds: float = 0.5,
 ) -> Latency:
-    """Repeat in blocks until two successive medians agree within ``tolerance`` (or time runs
-    out), then report percentiles over all timed calls."""
+    """Time blocks of calls until the medians of the first and second half of all timed calls
+    agree within ``tolerance`` (at least ``min_blocks`` blocks; at most ``max_seconds``), then
+    report percentiles over all of them."""
     device = torch.device(device)
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     model = prepare_for_inference(model, device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    x = torch.zeros(1, 3, h, w, device=device, dtype=dtype)
+    # A fixed image rather than zeros: no data-dependent shortcut, the same input every time.
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     threads = torch.get_num_threads()
+    gc_was_enabled = gc.isenabled()
     if device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            times: list[float] = []
-            previous = None
-            deadline = time.perf_counter() + max_seconds
-            while True:
-                times += [time_call(lambda: model(x), device) for _ in range(block)]
-                median = statistics.median(times)
-                stable = previous is not None and abs(median - previous) <= tolerance * previous
-                if stable or time.perf_counter() > deadline:
-                    break
-                previous = median
+            _warm_up(lambda: model(x), device, warmup, warmup_seconds)
+            gc.collect()
+            gc.disable()  # a collection inside a timed call is noise, not the model
+            times = _timed_blocks(
+                lambda: model(x), device, block, min_blocks, max_seconds, tolerance
+            )
     finally:
         torch.set_num_threads(threads)
+        if gc_was_enabled:
+            gc.enable()
     q = statistics.quantiles(times, n=10)
     p50 = statistics.median(times)
     return Latency(p50, q[8], (q[8] - q[0]) / p50, len(times), str(device))
+
+
+def _warm_up(fn: Callable[[], object], device: torch.device, calls: int, seconds: float) -> None:
+    """At least ``calls`` calls and ``seconds`` of them: allocator, kernel caches, clocks."""
+    deadline = time.perf_counter() + seconds
+    done = 0
+    while done < calls or time.perf_counter() < deadline:
+        time_call(fn, device)
+        done += 1
+
+
+def _timed_blocks(
+    fn: Callable[[], object],
+    device: torch.device,
+    block: int,
+    min_blocks: int,
+    max_seconds: float,
+    tolerance: float,
+) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        times += [time_call(fn, device) for _ in range(block)]
+        half = len(times) // 2
+        early, late = statistics.median(times[:half]), statistics.median(times[half:])
+        stable = len(times) >= min_blocks * block and abs(late - early) <= tolerance * early
+        if stable or time.perf_counter() > deadline:
+            return times

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dat_exp.nn.presets import default_groups, default_heads
 
@@ -22,6 +23,7 @@ PE_ALIASES = {"log-cpb": "log_cpb"}
 REF_CONVENTIONS = ("datpp", "v1")
 IMPLS = ("auto", "fast", "reference")
 BIAS_PE_MODES = ("table", "log_cpb", "fixed")  # modes that add a bias to the logits
+CPB_CHUNK = 2**24  # hidden activations of the log-CPB MLP per chunk (64 MB in float32)
 
 
 def _choice(name: str, value: str, choices: Sequence[str], aliases: dict | None = None) -> str:
@@ -170,9 +172,17 @@ class DAttention(nn.Module):
         return []
 
     def uses_fast_path(self, device: torch.device) -> bool:
+        """Whether this call takes ``_attend_fast``. ``auto``: on CUDA, without a bias, or when
+        no gradient flows to the bias. On CPU SDPA's fused kernel rejects a bias that needs a
+        gradient and falls back to its math path, no faster than the einsums (see the bench);
+        with a constant bias (inference) the fused kernel still pays."""
         if self.impl != "auto":
             return self.impl == "fast"
-        return device.type == "cuda" or self.pe not in BIAS_PE_MODES
+        if device.type == "cuda" or self.pe not in BIAS_PE_MODES:
+            return True
+        return not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self.bias_parameters())
+        )
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,10 +265,27 @@ class DAttention(nn.Module):
             )
             bias = _sample(table, disp * 0.5)  # (B*g, hg, HW, N)
         else:  # log_cpb
-            d = disp * 4.0
-            d = torch.sign(d) * torch.log2(d.abs() + 1.0) / math.log2(8)
-            bias = self.rpe_mlp(d.to(self.rpe_mlp[0].weight.dtype)).permute(0, 3, 1, 2)
+            bias = self._log_cpb_bias(disp).permute(0, 3, 1, 2)
         return bias.reshape(bg // self.groups, self.heads, h * w, n).to(dtype)
+
+    def _log_cpb_bias(self, disp: torch.Tensor) -> torch.Tensor:
+        """The MLP over log-spaced displacements, ``(B*g, HW, N, heads/g)``. Its 32-wide hidden
+        layer is 32 / (heads/g) times the size of the bias (GBs at P4, batch 2), so it runs on
+        chunks of query rows, each recomputed in backward instead of kept."""
+        hidden = self.rpe_mlp[0].out_features
+        rows = max(1, CPB_CHUNK // max(1, disp.shape[0] * disp.shape[2] * hidden))
+        parts = disp.split(rows, dim=1)
+        if len(parts) == 1 or not torch.is_grad_enabled():
+            return torch.cat([self._cpb_mlp(part) for part in parts], 1)
+        return torch.cat([checkpoint(self._cpb_mlp, p, use_reentrant=False) for p in parts], 1)
+
+    def _cpb_mlp(self, disp: torch.Tensor) -> torch.Tensor:
+        d = disp * 4.0
+        d = torch.sign(d) * torch.log2(d.abs() + 1.0) / math.log2(8)
+        fc1, _, fc2 = self.rpe_mlp
+        # Not the module's in-place ReLU: on the linear's output view it costs a CopySlices
+        # copy in backward, and under checkpointing the chunk keeps nothing anyway.
+        return fc2(F.relu(fc1(d.to(fc1.weight.dtype))))
 
     def _fixed_bias(self, h: int, w: int, hk: int, wk: int) -> torch.Tensor:
         """The nominal ``heads x HqWq x HkWk`` table, resized bilinearly to the run-time sizes."""
@@ -277,17 +304,26 @@ class DAttention(nn.Module):
         return t
 
     def _attend_reference(self, q, k, v, bias) -> torch.Tensor:
-        attn = torch.einsum("bhdm,bhdn->bhmn", q, k) * self.scale
+        # Scaling q (L x d) rather than the logits (L x N) saves a pass over the largest tensor.
+        attn = torch.einsum("bhdm,bhdn->bhmn", q * self.scale, k)
         if bias is not None:
             attn = attn + bias
         attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
         return torch.einsum("bhmn,bhdn->bhdm", attn, v)
 
     def _attend_fast(self, q, k, v, bias) -> torch.Tensor:
+        # SDPA's fused kernels need the head dim last with stride 1: the transposed views of the
+        # (B, heads, d, L) projections silently send it to the math fallback (about 4x slower
+        # on CPU). The copies are O(L*d), the attention O(L*N).
+        q, k, v = (t.transpose(-1, -2).contiguous() for t in (q, k, v))
+        if bias is not None and not torch.is_grad_enabled():
+            # Under no_grad a view of a parameter (the ``fixed`` table) still says requires_grad,
+            # which the fused CPU kernel refuses.
+            bias = bias.detach()
         out = F.scaled_dot_product_attention(
-            q.transpose(-1, -2),
-            k.transpose(-1, -2),
-            v.transpose(-1, -2),
+            q,
+            k,
+            v,
             attn_mask=bias,
             dropout_p=self.attn_drop if self.training else 0.0,
             scale=self.scale,
