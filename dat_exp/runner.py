@@ -266,6 +266,13 @@ def reopen_run(cfg: dict[str, Any], run_id: str) -> Any:
     return client
 
 
+def checkpoint_epoch(checkpoint: Path) -> int:
+    """The last completed epoch (0-based) recorded in an Ultralytics checkpoint."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
+
+
 def failure_reason(err: BaseException, prepared: Prepared) -> str:
     """One line; an out-of-memory names the job's predicted attention memory."""
     reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
@@ -301,6 +308,12 @@ def run_job(
         (client, run_id), last = open_run(cfg, prepared, parent_id), None
     result.run_id = run_id
     prepared.logger = EpochLogger(client, run_id)
+    if last is not None:
+        saved = checkpoint_epoch(last) + 1  # Ultralytics stores the 0-based epoch
+        for epoch in prepared.logger.backfill(last.parent.parent / "results.csv", saved):
+            log.warning(
+                "epoch %d was trained but not logged before the interruption: logged", epoch
+            )
     heartbeat = start_heartbeat(client, run_id)
     try:
         result.metrics = train_and_measure(prepared, client, run_id, last)

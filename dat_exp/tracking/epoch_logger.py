@@ -7,6 +7,8 @@ feeds the final metrics only, under keys no per-epoch series uses.
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -47,3 +49,24 @@ class EpochLogger:
         series = {f"val/{k}": v for k, v in metrics.items()}
         series.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
         log_metrics(self.client, self.run_id, series, step=self.epochs_done)
+
+    def backfill(self, results_csv: Path, epochs_saved: int) -> list[int]:
+        """Log the epochs that Ultralytics recorded (``results.csv``, written before the
+        checkpoint) but this run has not: an interruption between saving an epoch's checkpoint
+        and its ``on_fit_epoch_end`` would otherwise leave a hole in the resumed series. Only
+        epochs up to ``epochs_saved`` (the checkpoint's) count: later ones will train again."""
+        if not results_csv.exists():
+            return []
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val/mAP50")}
+        filled = []
+        with results_csv.open(newline="") as f:
+            for row in csv.DictReader(f):
+                row = {k.strip(): v.strip() for k, v in row.items() if k}
+                epoch = int(float(row["epoch"]))
+                if epoch in logged or epoch > epochs_saved:
+                    continue
+                series = {f"val/{name}": float(row[k]) for k, name in VAL_KEYS.items() if k in row}
+                series.update({k: float(v) for k, v in row.items() if k.startswith("train/")})
+                log_metrics(self.client, self.run_id, series, step=epoch)
+                filled.append(epoch)
+        return filled
