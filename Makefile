@@ -4,9 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+# The Ray launcher's own environment: it pins cloudpickle<3, which Ultralytics' DDP cannot use.
+RAY_VENV := .venv-ray
+RAY_STAMP := $(RAY_VENV)/.installed-ray
 UI_PORT ?= 5000
 
-.PHONY: venv test lint demo bench ui report server clean
+.PHONY: venv venv-ray test lint demo bench ui report server clean
 
 venv: $(STAMP)
 
@@ -15,12 +18,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+venv-ray: $(RAY_STAMP)
+
+$(RAY_STAMP): pyproject.toml
+	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[ray]'
+	touch $@
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
-	$(PY) -m pytest
+# The tests run in .venv; the Ray launcher's test drives .venv-ray's python (DAT_EXP_RAY_PYTHON).
+test: lint $(RAY_STAMP)
+	DAT_EXP_RAY_PYTHON=$(CURDIR)/$(RAY_VENV)/bin/python $(PY) -m pytest
 
 # A small real sweep on the embedded dataset: the stock model against DAT after SPPF.
 demo: $(STAMP)
@@ -52,4 +63,4 @@ server: $(STAMP)
 		--host $(SERVER_HOST) --port $(SERVER_PORT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RAY_VENV) .pytest_cache .ruff_cache

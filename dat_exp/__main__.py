@@ -14,15 +14,18 @@ from omegaconf import DictConfig
 
 import dat_exp  # noqa: F401  (offline environment, layer registration)
 from dat_exp.config import register_configs, resolve
+from dat_exp.search import objective_value
 from dat_exp.sweep import STATE, execute, interrupted
-from dat_exp.validate import InvalidJob, check_runs_dir
+from dat_exp.validate import InvalidJob, check_plugins, check_runs_dir
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    execute(resolve(cfg))
+def main(cfg: DictConfig) -> float:
+    """One job; its return value is what a search sweeper (hparams_search) optimises."""
+    job = resolve(cfg)
+    return objective_value(job, execute(job))
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -34,6 +37,7 @@ def entry() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         check_runs_dir()  # before Hydra creates its folders in there
+        check_plugins(sys.argv[1:])
     except InvalidJob as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

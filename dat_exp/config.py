@@ -91,6 +91,15 @@ class TrackingConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What a trial returns to a search sweeper (``hparams_search``); plain sweeps ignore it."""
+
+    metric: str = "mAP50-95"
+    max_gflops_ratio: float | None = None  # budget: GFLOPs at most this times the stock model's
+    penalty: float = -1.0  # the value of a failed or over-budget trial (below any mAP)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
@@ -98,6 +107,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     seed: int = 0
     device: str = "auto"  # auto, cpu, 0, '0,1'
     log_weights: bool = True
@@ -175,7 +185,7 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
 
 
 # -- hashing and names ------------------------------------------------------------------------
-VOLATILE_KEYS = ("tracking", "log_weights", "dry_run", "resume", "rerun")
+VOLATILE_KEYS = ("tracking", "objective", "log_weights", "dry_run", "resume", "rerun")
 
 
 def hashable_config(resolved: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:

@@ -9,10 +9,12 @@ import os
 import shutil
 from pathlib import Path
 
+RUNS_ENV = "DAT_EXP_RUNS"
+
 
 def runs_dir() -> Path:
     """Where every output goes: ``$DAT_EXP_RUNS`` or ``./runs``."""
-    return Path(os.environ.get("DAT_EXP_RUNS", "runs")).resolve()
+    return Path(os.environ.get(RUNS_ENV, "runs")).resolve()
 
 
 def configure_offline() -> None:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dat_exp.config import config_hash, job_number, resolve, variant_name
 from dat_exp.runner import JobResult, prepare, run_job
+from dat_exp.search import budget_excess
 from dat_exp.tracking.store import PARENT_ENV
 from dat_exp.validate import InvalidJob, validate_job
 
@@ -59,6 +60,9 @@ def execute(cfg: dict[str, Any]) -> JobResult:
     elif duplicate_of is not None:
         reason = f"same config as job {duplicate_of}"
         result = JobResult("SKIPPED", variant_name(cfg), h, reason=reason)
+    elif excess := budget_excess(cfg):
+        print(f"not trained: {excess}")
+        result = JobResult("OVER_BUDGET", variant_name(cfg), h, reason=excess)
     else:
         result = run_or_skip(cfg, h)
     STATE.results.append(result)
@@ -200,6 +204,21 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def search_space_jobs(config: DictConfig, base: list[str]) -> list[list[str]]:
+    """One job per value of each ``choice`` in a search sweeper's space (Optuna's
+    ``hydra.sweeper.params``), so that a bad value is reported before any trial trains."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return [
+        [*base, f"{o.key_or_group}={value}"]
+        for o in parsed
+        if o.is_choice_sweep()
+        for value in o.sweep_string_iterator()
+    ]
+
+
 def compose_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
@@ -211,29 +230,56 @@ def compose_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
 def check_every_job(config: DictConfig) -> None:
     """Compose and check every job of the sweep; list the invalid ones and start none."""
     jobs = sweep_jobs(config)
+    searched = search_space_jobs(config, jobs[0] if len(jobs) == 1 else [])
     problems = []
     first: dict[str, int] = {}
     repeated: dict[int, int] = {}
-    for number, overrides in enumerate(jobs):
+    for number, overrides in enumerate(jobs + searched):
+        name = f"job {number}" if number < len(jobs) else "search value"
         try:
             cfg = compose_job(config, overrides)
             validate_job(cfg)
             h = config_hash(cfg)
-            if h in first:
+            if h in first and number < len(jobs):
                 repeated[number] = first[h]
             first.setdefault(h, number)
         except InvalidJob as err:
-            problems.append(f"  job {number} ({' '.join(overrides)}): {err}")
+            problems.append(f"  {name} ({' '.join(overrides)}): {err}")
         except Exception as err:  # noqa: BLE001  (a composition error of one job)
-            problems.append(f"  job {number} ({' '.join(overrides)}): {err}".splitlines()[0])
+            # Hydra's message spreads the available options over lines: keep them, on one
+            reason = " ".join(str(err).split()).split(" Config search path")[0]
+            problems.append(f"  {name} ({' '.join(overrides)}): {reason}")
     if problems:
+        what = "jobs or search values" if searched else "jobs"
+        total = len(jobs) + len(searched)
         print(
-            f"error: {len(problems)} of {len(jobs)} jobs are invalid; none was started:",
+            f"error: {len(problems)} of {total} {what} are invalid; none was started:",
             file=sys.stderr,
         )
         print("\n".join(problems), file=sys.stderr)
         sys.exit(2)
-    os.environ[DUPLICATES_ENV] = json.dumps(repeated)
+    # Job numbers are the basic sweeper's; another sweeper (Optuna) numbers its own trials.
+    basic = "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_"))
+    os.environ[DUPLICATES_ENV] = json.dumps(repeated if basic else {})
+
+
+def prepare_ray_launcher(config: DictConfig, names: tuple[str, ...]) -> None:
+    """Two fixes to the Ray launcher's ``ray.init`` arguments, made before Hydra instantiates
+    the launcher from this config. Ray's workers belong to the cluster, not to this process,
+    so they do not inherit its environment: pass the sweep's variables (and an absolute
+    ``runs/``) as the job's ``runtime_env``. And the launcher always sets
+    ``object_store_memory``, which Ray refuses when joining an existing cluster."""
+    init = OmegaConf.select(config, "hydra.launcher.ray.init")
+    if init is None:
+        return
+    from dat_exp.env import RUNS_ENV, runs_dir
+
+    env = {name: os.environ[name] for name in names if name in os.environ}
+    env[RUNS_ENV] = str(runs_dir())
+    with open_dict(init):
+        init.runtime_env = OmegaConf.merge(init.get("runtime_env") or {}, {"env_vars": env})
+        if init.get("address"):
+            init.setdefault("object_store_memory", None)
 
 
 class SweepCallback(Callback):
@@ -257,6 +303,7 @@ class SweepCallback(Callback):
             client, exp_id, name, {"dat_exp.sweep": "true", "dat_exp.overrides": overrides}
         )
         os.environ[PARENT_ENV] = parent
+        prepare_ray_launcher(config, (PARENT_ENV, DUPLICATES_ENV))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         cfg = resolve(config)
@@ -268,12 +315,28 @@ class SweepCallback(Callback):
         if parent:
             from dat_exp.tracking.store import client_for
 
-            client_for(cfg["tracking"]).set_terminated(
-                parent, "FAILED" if STATE.failed else "FINISHED"
-            )
+            client = client_for(cfg["tracking"])
+            report_search(Path(config.hydra.sweep.dir), client, parent)
+            client.set_terminated(parent, "FAILED" if STATE.failed else "FINISHED")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         print_summary(STATE.results, resolve(config)["tracking"])
+
+
+def report_search(sweep_dir: Path, client: Any, parent: str) -> None:
+    """A search sweeper's best trial (Optuna writes ``optimization_results.yaml``): printed,
+    and kept on the parent run as tags and the file."""
+    results = sweep_dir / "optimization_results.yaml"
+    if not results.exists():
+        return
+    best = OmegaConf.to_container(OmegaConf.load(results))
+    if "best_params" not in best:  # a multi-objective study has a front, not one best
+        return
+    params = " ".join(f"{k}={v}" for k, v in best["best_params"].items())
+    print(f"\nbest trial: {best['best_value']:.4f} with {params}")
+    client.set_tag(parent, "dat_exp.best_value", best["best_value"])
+    client.set_tag(parent, "dat_exp.best_params", params)
+    client.log_artifact(parent, str(results))
 
 
 def interrupted() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from dat_exp.env import runs_dir
 
 OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD", "auto")
 FAULTS = (None, "off", "raise", "nan")  # test-only: raise or nan make a job fail on purpose
+OBJECTIVE_METRICS = ("mAP50-95", "mAP50")
+DDP_CLOUDPICKLE = (3, 1, 1)  # Ultralytics pickles the trainer for its DDP workers with it
 
 
 class InvalidJob(ValueError):
@@ -38,6 +41,7 @@ def validate_job(cfg: dict[str, Any]) -> None:
     _check_train(cfg["train"])
     if cfg.get("fault") not in FAULTS:
         raise InvalidJob(f"fault={cfg['fault']!r} is not one of {FAULTS}")
+    _check_objective(cfg.get("objective") or {})
     _check_tracking(cfg["tracking"])
     nc = _dataset_classes(json.dumps(cfg["data"], sort_keys=True))
     _check_model(
@@ -45,6 +49,32 @@ def validate_job(cfg: dict[str, Any]) -> None:
         nc,
         int(cfg["train"]["imgsz"]),
     )
+
+
+LAUNCHERS_EXTRA = "pip install -e '.[launchers]' (make installs it)"
+RAY_ENV = "make venv-ray, then run .venv-ray/bin/python -m dat_exp (see README, Scaling out)"
+PLUGINS = {  # command-line choice prefix -> (plugin module, how to get it)
+    "hydra/launcher=joblib": ("hydra_plugins.hydra_joblib_launcher", LAUNCHERS_EXTRA),
+    "hydra/launcher=submitit": ("hydra_plugins.hydra_submitit_launcher", LAUNCHERS_EXTRA),
+    "hydra/launcher=slurm_gpu": ("hydra_plugins.hydra_submitit_launcher", LAUNCHERS_EXTRA),
+    "hydra/launcher=ray": ("hydra_plugins.hydra_ray_launcher", RAY_ENV),
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", LAUNCHERS_EXTRA),
+    "hparams_search=": ("hydra_plugins.hydra_optuna_sweeper", LAUNCHERS_EXTRA),
+}
+
+
+def check_plugins(args: list[str]) -> None:
+    """A launcher or sweeper chosen on the command line whose Hydra plugin is not in this
+    environment (the Ray launcher lives in its own) gets one clear line, not a stack."""
+    from importlib.util import find_spec
+
+    for arg in args:
+        for prefix, (module, remedy) in PLUGINS.items():
+            if arg.startswith(prefix) and find_spec(module) is None:
+                raise InvalidJob(
+                    f"{arg} needs {module.split('.')[-1].replace('_', '-')}, which is not "
+                    f"installed in {sys.prefix}: {remedy}"
+                )
 
 
 def check_runs_dir() -> None:
@@ -57,8 +87,32 @@ def _check_device(device: str) -> None:
     if device_type(device) == "cuda":
         if not all(part.strip().isdigit() for part in device.split(",")):
             raise InvalidJob(f"device={device!r} is not one of auto, cpu, 0, 1, ... or '0,1'")
+        if "," in device:
+            _check_ddp_pickling(device)
         if not cuda_available():
             raise InvalidJob(f"device={device!r} but no CUDA device is visible; use device=cpu")
+
+
+def _check_ddp_pickling(device: str) -> None:
+    from importlib.metadata import version
+
+    found = version("cloudpickle")
+    if tuple(int(p) for p in found.split(".")[:3] if p.isdigit()) < DDP_CLOUDPICKLE:
+        raise InvalidJob(
+            f"device={device!r} trains one job on several GPUs (DDP), which needs cloudpickle>="
+            f"{'.'.join(map(str, DDP_CLOUDPICKLE))}; this environment has {found} (the Ray "
+            "launcher pins it below 3). Use one GPU per job here (device=auto), or the main "
+            "environment (.venv) for multi-GPU jobs"
+        )
+
+
+def _check_objective(objective: dict[str, Any]) -> None:
+    metric = objective.get("metric", OBJECTIVE_METRICS[0])
+    if metric not in OBJECTIVE_METRICS:
+        raise InvalidJob(f"objective.metric={metric!r} is not one of {OBJECTIVE_METRICS}")
+    ratio = objective.get("max_gflops_ratio")
+    if ratio is not None and not float(ratio) > 0:
+        raise InvalidJob(f"objective.max_gflops_ratio={ratio} must be positive (or null)")
 
 
 def _check_train(train: dict[str, Any]) -> None:

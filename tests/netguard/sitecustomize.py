@@ -14,8 +14,21 @@ def _record(what: str) -> None:
             f.write(what + "\n")
 
 
+def _own_addresses() -> set[str]:
+    """This machine's interface addresses: Ray binds to one (it refuses loopback), and
+    reaching it is no more network than loopback is."""
+    try:
+        import psutil
+    except ImportError:
+        return set()
+    return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+
+
+_OWN = _own_addresses()
+
+
 def _is_local(host) -> bool:
-    return host is None or str(host).startswith(_LOOPBACK)
+    return host is None or str(host).startswith(_LOOPBACK) or str(host) in _OWN
 
 
 _getaddrinfo = socket.getaddrinfo

@@ -74,6 +74,20 @@ def run_entry(cwd: Path, *overrides: str, timeout: int = 600) -> subprocess.Comp
     return run_module(cwd, "dat_exp", *overrides, timeout=timeout)
 
 
+def start_entry(
+    cwd: Path, *overrides: str, python: str | Path = sys.executable
+) -> subprocess.Popen:
+    """``python -m dat_exp ...`` started in the background, output merged into stdout."""
+    return subprocess.Popen(
+        [str(python), "-m", "dat_exp", *overrides],
+        cwd=cwd,
+        env=entry_env(cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def network_attempts(cwd: Path) -> list[str]:
     log = cwd.parent / f"{cwd.name}-netguard.log"
     return log.read_text().splitlines() if log.exists() else []

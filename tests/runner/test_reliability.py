@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.runner.entry import TINY, entry_env, run_entry
+from tests.runner.entry import TINY, run_entry, start_entry
 
 
 def store(workdir) -> MlflowClient:
@@ -36,17 +34,6 @@ def wait_for(predicate, timeout: float = 300) -> None:
             pass
         time.sleep(0.5)
     raise AssertionError("timed out waiting")
-
-
-def start_entry(workdir, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dat_exp", *overrides],
-        cwd=workdir,
-        env=entry_env(workdir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 @pytest.mark.slow
