@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -251,22 +252,18 @@ class DAttention(nn.Module):
     def _logit_bias(self, h: int, w: int, pos: torch.Tensor, dtype) -> torch.Tensor | None:
         if self.pe not in BIAS_PE_MODES:
             return None
-        hg = self.heads // self.groups
+        g = self.groups
         bg = pos.shape[0]
-        n = pos.shape[1] * pos.shape[2]
         if self.pe == "fixed":
             return self._fixed_bias(h, w, pos.shape[1], pos.shape[2]).to(dtype).unsqueeze(0)
         disp = self._displacement(h, w, pos)
         if self.pe == "table":
-            table = self.rpe_table.to(dtype)
-            table = table.reshape(1, self.groups, hg, *table.shape[1:])
-            table = table.expand(bg // self.groups, -1, -1, -1, -1).reshape(
-                bg, hg, *table.shape[3:]
-            )
-            bias = _sample(table, disp * 0.5)  # (B*g, hg, HW, N)
-        else:  # log_cpb
-            bias = self._log_cpb_bias(disp).permute(0, 3, 1, 2)
-        return bias.reshape(bg // self.groups, self.heads, h * w, n).to(dtype)
+            # One copy of each group's heads per image, matching the (B*g) displacements.
+            table = repeat(self.rpe_table.to(dtype), "(g n) y x -> (b g) n y x", g=g, b=bg // g)
+            bias = _sample(table, disp * 0.5)  # (B*g, heads/g, HW, N)
+            return rearrange(bias, "(b g) n q k -> b (g n) q k", g=g)
+        bias = self._log_cpb_bias(disp)  # (B*g, HW, N, heads/g)
+        return rearrange(bias, "(b g) q k n -> b (g n) q k", g=g).to(dtype)
 
     def _log_cpb_bias(self, disp: torch.Tensor) -> torch.Tensor:
         """The MLP over log-spaced displacements, ``(B*g, HW, N, heads/g)``. Its 32-wide hidden
@@ -292,15 +289,14 @@ class DAttention(nn.Module):
         hq, wq = self.feat_size
         hk0, wk0 = (key_grid_size(s, self.ksize, self.stride) for s in (hq, wq))
         t = self.rpe_table
-        nh = self.heads
         if (hk, wk) != (hk0, wk0):
-            t = t.reshape(nh * hq * wq, 1, hk0, wk0)
+            t = rearrange(t, "n q (hk wk) -> (n q) 1 hk wk", hk=hk0)
             t = F.interpolate(t, size=(hk, wk), mode="bilinear", align_corners=True)
-        t = t.reshape(nh, hq * wq, hk * wk)
+            t = rearrange(t, "(n q) 1 hk wk -> n q (hk wk)", n=self.heads)
         if (h, w) != (hq, wq):
-            t = t.reshape(nh, hq, wq, hk * wk).permute(0, 3, 1, 2).reshape(nh * hk * wk, 1, hq, wq)
+            t = rearrange(t, "n (hq wq) k -> (n k) 1 hq wq", hq=hq)
             t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=True)
-            t = t.reshape(nh, hk * wk, h * w).transpose(1, 2)
+            t = rearrange(t, "(n k) 1 h w -> n (h w) k", n=self.heads)
         return t
 
     def _attend_reference(self, q, k, v, bias) -> torch.Tensor:
