@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
 NETGUARD = Path(__file__).resolve().parent.parent / "netguard"
 
 # A tiny synthetic dataset and a short smoke training: seconds per job on a CPU.
@@ -91,3 +94,15 @@ def start_entry(
 def network_attempts(cwd: Path) -> list[str]:
     log = cwd.parent / f"{cwd.name}-netguard.log"
     return log.read_text().splitlines() if log.exists() else []
+
+
+def local_store(cwd: Path) -> MlflowClient:
+    """The entry point's default store, ``runs/mlflow.db`` under ``cwd``."""
+    return MlflowClient(f"sqlite:///{cwd / 'runs' / 'mlflow.db'}")
+
+
+def local_runs(cwd: Path, order_by: list[str] | None = None) -> list[Run]:
+    """Every run of the default experiment in ``cwd``'s store (none if it does not exist)."""
+    client = local_store(cwd)
+    exp = client.get_experiment_by_name("dat-exp")
+    return [] if exp is None else client.search_runs([exp.experiment_id], order_by=order_by)

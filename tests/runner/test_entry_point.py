@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from mlflow import MlflowClient
 
-from tests.runner.entry import TINY, network_attempts, run_entry
+from tests.runner.entry import TINY, local_runs, local_store, network_attempts, run_entry
 
 FINAL_METRICS = {
     "mAP50",
@@ -62,7 +61,7 @@ def files_outside_runs(workdir) -> list[str]:
 def test_two_job_sweep_logs_everything(workdir):
     out = run_entry(workdir, "-m", "placement=none,sppf", *TINY)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
+    client = local_store(workdir)
     exp = client.get_experiment_by_name("dat-exp")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert exp.artifact_location.startswith((workdir / "runs").as_uri())
@@ -129,11 +128,5 @@ def test_dry_run_lists_twelve_jobs_and_runs_none(workdir):
     duplicates = re.findall(r"duplicate of job \d+", out.stdout)
     assert len(duplicates) == 2
     assert "GFLOPs" in out.stdout and "attention memory" in out.stdout
-    assert not (workdir / "runs" / "mlflow.db").exists() or _no_runs(workdir)
+    assert not (workdir / "runs" / "mlflow.db").exists() or not local_runs(workdir)
     assert network_attempts(workdir) == []
-
-
-def _no_runs(workdir) -> bool:
-    client = MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("dat-exp")
-    return exp is None or not client.search_runs([exp.experiment_id])

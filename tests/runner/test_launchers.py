@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from dat_exp import validate
 from dat_exp.validate import InvalidJob, check_plugins
-from tests.runner.entry import TINY, entry_env, run_entry, start_entry
+from tests.runner.entry import TINY, entry_env, local_runs, run_entry, start_entry
 from tests.tracking.mlflow_server import free_port, mlflow_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +33,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(workdir):
         "train.epochs=1",
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    client = MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("dat-exp").experiment_id])
+    runs = local_runs(workdir)
     parents = [r for r in runs if r.data.tags.get("dat_exp.sweep") == "true"]
     assert len(parents) == 1, "the parent run is created once"
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]

@@ -6,21 +6,12 @@ import signal
 import time
 
 import pytest
-from mlflow import MlflowClient
 
-from tests.runner.entry import TINY, run_entry, start_entry
-
-
-def store(workdir) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
+from tests.runner.entry import TINY, local_runs, local_store, run_entry, start_entry
 
 
 def children(workdir) -> list:
-    client = store(workdir)
-    exp = client.get_experiment_by_name("dat-exp")
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    runs = local_runs(workdir, order_by=["attributes.start_time ASC"])
     return [r for r in runs if "dat_exp.sweep" not in r.data.tags]
 
 
@@ -44,12 +35,11 @@ def test_the_middle_job_fails_and_the_sweep_goes_on(workdir):
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED"]
     failed = runs[1]
     assert failed.data.tags["dat_exp.error"].startswith("FaultInjected: fault=raise")
-    artifacts = {a.path for a in store(workdir).list_artifacts(failed.info.run_id)}
+    artifacts = {a.path for a in local_store(workdir).list_artifacts(failed.info.run_id)}
     assert "traceback.txt" in artifacts
     table = out.stdout[out.stdout.index(" job ") :]
     assert table.count("FINISHED") == 2 and "FAILED FaultInjected" in table
-    exp = runs[0].info.experiment_id
-    parent = [r for r in store(workdir).search_runs([exp]) if "dat_exp.sweep" in r.data.tags]
+    parent = [r for r in local_runs(workdir) if "dat_exp.sweep" in r.data.tags]
     assert parent[0].info.status == "FAILED"
 
 
@@ -102,7 +92,7 @@ def test_kill_9_leaves_a_run_that_the_next_invocation_marks_killed(workdir):
 def test_resume_continues_the_killed_run_from_its_last_epoch(workdir):
     overrides = [*TINY, "train.epochs=5"]
     proc = start_entry(workdir, *overrides)
-    client = store(workdir)
+    client = local_store(workdir)
 
     def two_epochs_logged() -> bool:
         run = children(workdir)[0]

@@ -4,17 +4,11 @@ penalty instead of stopping the search, and a GFLOPs budget keeps big models fro
 from __future__ import annotations
 
 import pytest
-from mlflow import MlflowClient
 
 from dat_exp.config import resolve
 from dat_exp.runner import JobResult
 from dat_exp.search import budget_excess, objective_value
-from tests.runner.entry import TINY, run_entry
-
-
-def store(workdir):
-    client = MlflowClient(f"sqlite:///{workdir / 'runs' / 'mlflow.db'}")
-    return client, client.get_experiment_by_name("dat-exp").experiment_id
+from tests.runner.entry import TINY, local_runs, run_entry
 
 
 @pytest.mark.slow
@@ -33,8 +27,7 @@ def test_a_failing_trial_scores_the_penalty_and_the_search_reports_the_best(work
         "train.epochs=1",
     )
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]  # a job failed
-    client, exp = store(workdir)
-    runs = client.search_runs([exp])
+    runs = local_runs(workdir)
     (parent,) = [r for r in runs if r.data.tags.get("dat_exp.sweep") == "true"]
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.status for r in kids) == ["FAILED", "FAILED", "FINISHED"]
@@ -69,9 +62,7 @@ def test_a_bad_search_value_is_reported_before_any_trial(workdir):
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "placement=neckk" in out.stderr and "none was started" in out.stderr
     assert "Available options in 'placement': backbone c2f head neck none sppf" in out.stderr
-    assert not (workdir / "runs" / "mlflow.db").exists() or not store(workdir)[0].search_runs(
-        [store(workdir)[1]]
-    )
+    assert not (workdir / "runs" / "mlflow.db").exists() or not local_runs(workdir)
 
 
 def job(placement: str, ratio: float | None, tmp_runs) -> dict:
