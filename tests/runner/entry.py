@@ -102,7 +102,11 @@ def local_store(cwd: Path) -> MlflowClient:
 
 
 def local_runs(cwd: Path, order_by: list[str] | None = None) -> list[Run]:
-    """Every run of the default experiment in ``cwd``'s store (none if it does not exist)."""
+    """Every run of the default experiment in ``cwd``'s store (none if it does not exist).
+
+    Opening the store creates it. A poll must not wait for the entry point's file instead: it
+    would then build the schema while the entry point does (the entry point's lock is its own).
+    """
     client = local_store(cwd)
     exp = client.get_experiment_by_name("dat-exp")
     return [] if exp is None else client.search_runs([exp.experiment_id], order_by=order_by)
