@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tests.nn.test_fast_path import PES, SIZE, pair, rel_err
+from tests.nn.test_fast_path import PES, SIZE, pair, rel_err, sdpa_calls
 from tests.runner.entry import TINY, local_runs, run_entry
 
 pytestmark = [
@@ -45,11 +44,7 @@ def test_fp16_paths_agree_and_train_on_cuda(pe, s):
 def test_unbiased_modes_train_on_the_fused_cuda_kernels(pe, monkeypatch):
     """With the math fallback excluded, SDPA raises unless a fused kernel takes the call; the
     spy shows that the module called SDPA at all."""
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(
-        F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
-    )
+    calls = sdpa_calls(monkeypatch)
     _, fast = cuda_pair(pe, -1.0)
     x = torch.randn(2, 32, *SIZE, device="cuda", dtype=torch.float16, requires_grad=True)
     with sdpa_kernel(FUSED):

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from ultralytics.cfg import get_cfg
 
@@ -113,17 +114,31 @@ def test_half_precision_forward_agrees(pe, s, dtype):
     assert rel_err(outputs["fast"], outputs["reference"]) <= 1e-2
 
 
+def sdpa_calls(monkeypatch) -> list[int]:
+    """Records each call of ``scaled_dot_product_attention``: a backend restriction proves
+    nothing if the module never reaches SDPA."""
+    calls: list[int] = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    return calls
+
+
 @pytest.mark.parametrize("pe", PES)
-def test_fast_path_reaches_the_fused_cpu_kernel(pe):
+def test_fast_path_reaches_the_fused_cpu_kernel(pe, monkeypatch):
     """With only the flash backend allowed, SDPA raises unless q/k/v have the layout the
     fused kernel needs (head dim last, stride 1); a constant bias is accepted."""
+    calls = sdpa_calls(monkeypatch)
     _, fast = pair(pe=pe)
     x = torch.randn(2, 32, *SIZE)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
         fast(x)
+    assert len(calls) == 1
     if pe in ("dwc", "none"):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             fast(x.requires_grad_(True)).sum().backward()
+        assert len(calls) == 2
 
 
 @pytest.mark.parametrize("pe", PES)
