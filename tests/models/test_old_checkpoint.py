@@ -23,9 +23,22 @@ def test_old_checkpoint_loads_and_computes_what_it_did():
     pes = sorted(m.pe for m in model.modules() if isinstance(m, DAttention))
     assert pes == ["fixed", "log_cpb", "table"]
     saved = torch.load(FIXTURES / "neck_v0_io.pt", weights_only=True)
+    # Each DAttention's own output too: inside the residual wrap LayerScale (1e-4 at the start)
+    # would hide a change of the module from the model's output.
+    seen = {}
+    for name, m in model.named_modules():
+        if isinstance(m, DAttention):
+            m.register_forward_hook(lambda m, args, y, name=name: seen.__setitem__(name, y))
     with torch.no_grad():
         out = model(saved["input"])[0]
     torch.testing.assert_close(out, saved["output"], rtol=1e-4, atol=1e-4)
+    assert (
+        sorted(seen)
+        == sorted(saved["modules"])
+        == ["model.16.attn", "model.20.attn", "model.24.attn"]
+    )
+    for name, y in saved["modules"].items():
+        torch.testing.assert_close(seen[name], y, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_old_checkpoint_predicts():
