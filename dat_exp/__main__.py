@@ -6,22 +6,25 @@ Exit status: 0 when every job finished (or was skipped as done), 1 when a job fa
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import dat_exp  # noqa: F401  (offline environment, layer registration)
 from dat_exp.config import register_configs, resolve
 from dat_exp.search import objective_value
-from dat_exp.sweep import STATE, execute, interrupted
+from dat_exp.sweep import STATE, composition_error, execute, interrupted
 from dat_exp.validate import InvalidJob, check_plugins, check_runs_dir
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """One job; its return value is what a search sweeper (hparams_search) optimises."""
     job = resolve(cfg)
@@ -41,11 +44,17 @@ def entry() -> int:
     except InvalidJob as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # Hydra would print a composition error over several lines and exit 1: let it raise here
+    # instead, so that bad input gets one line and exit 2 like every other check.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
     except KeyboardInterrupt:
         interrupted()
         return 130
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"error: {composition_error(err)}", file=sys.stderr)
+        return 2
     if any(r.status == "INVALID" for r in STATE.results):
         return 2
     return 1 if STATE.failed else 0

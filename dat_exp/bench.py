@@ -36,12 +36,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dat_exp  # noqa: F401  (before ultralytics: offline environment, layer registration)
 from dat_exp.metrics.latency import CPU_THREADS, measure_latency, time_call
+from dat_exp.models.placements import LEVEL_STRIDES
 from dat_exp.nn import PE_MODES, DAttention
 from dat_exp.nn.dattention import BIAS_PE_MODES, key_grid_size
-from dat_exp.nn.presets import LEVEL_OFFSET_NET, LEVEL_STRIDES, default_groups, default_heads
+from dat_exp.nn.presets import LEVEL_OFFSET_NET, PRESETS, default_groups, default_heads
+from dat_exp.tracking import schema
 
 IMGSZ = 640
-BLOG_HEADS = 8  # the blog preset's head count; the other head count is the default (dim 32)
+BLOG_HEADS = PRESETS["blog"].heads  # the other head count is the default (head dim 32)
 CHANNELS = {"n": {"P3": 64, "P4": 128, "P5": 256}, "s": {"P3": 128, "P4": 256, "P5": 512}}
 PATHS = ("reference", "fast")
 KINDS = ("fwd", "step")  # inference forward; forward + backward
@@ -346,8 +348,8 @@ def model_rows(
                 "params_m": count_params(models[p]) / 1e6,
                 "step_ms": step_ms[p],
                 "step_x": step_ms[p] / step_ms[base],
-                "latency_ms": lat.p50_ms,
-                "latency_p90_ms": lat.p90_ms,
+                schema.LATENCY_MS: lat.p50_ms,
+                schema.LATENCY_P90_MS: lat.p90_ms,
                 "latency_spread": lat.spread,
                 "latency_x": lat.p50_ms / latency[base].p50_ms,
                 "latency_repeats": lat.repeats,
@@ -370,8 +372,8 @@ MODEL_COLUMNS = [
     ("params_m", "params M", "{:.2f}"),
     ("step_ms", "train step ms", "{:.0f}"),
     ("step_x", "step × stock", "{:.2f}"),
-    ("latency_ms", "latency p50 ms", "{:.1f}"),
-    ("latency_p90_ms", "p90 ms", "{:.1f}"),
+    (schema.LATENCY_MS, "latency p50 ms", "{:.1f}"),
+    (schema.LATENCY_P90_MS, "p90 ms", "{:.1f}"),
     ("latency_x", "latency × stock", "{:.2f}"),
 ]
 

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from dat_exp.nn.settings import DATSettings
+from dat_exp.tracking.schema import DEFAULT_EXPERIMENT, HEADLINE
+
+CONF_DIR = (Path(__file__).parent / "conf").resolve()  # a link to ../conf in a checkout
 
 
 @dataclass
@@ -29,21 +33,6 @@ class ModelConfig:
 class PlacementConfig:
     name: str = "none"
     levels: list[str] = field(default_factory=list)  # empty: all the placement has
-
-
-@dataclass
-class DatConfig:
-    preset: str = "official"
-    pe: str = "table"
-    offset_range_factor: float = -1.0
-    no_off: bool = False
-    stride: Any = "auto"  # auto: the per-level default
-    ksize: Any = "auto"
-    heads: Any = "auto"
-    groups: Any = "auto"
-    wrap: str = "residual"
-    ref_points: str = "datpp"
-    impl: str = "auto"
 
 
 @dataclass
@@ -87,23 +76,30 @@ class TrainConfig:
 class TrackingConfig:
     name: str = "local"
     uri: str | None = None  # local: sqlite:///runs/mlflow.db
-    experiment: str = "dat-exp"
+    experiment: str = DEFAULT_EXPERIMENT
 
 
 @dataclass
 class ObjectiveConfig:
     """What a trial returns to a search sweeper (``hparams_search``); plain sweeps ignore it."""
 
-    metric: str = "mAP50-95"
+    metric: str = HEADLINE
     max_gflops_ratio: float | None = None  # budget: GFLOPs at most this times the stock model's
     penalty: float = -1.0  # the value of a failed or over-budget trial (below any mAP)
+
+
+class Reuse(StrEnum):
+    """Which FINISHED run of the same config a sweep skips its job for."""
+
+    same_code = "same_code"  # only one made by the current code version
+    any = "any"  # any, also one made by older code (the summary says so)
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
-    dat: DatConfig = field(default_factory=DatConfig)
+    dat: DATSettings = field(default_factory=DATSettings)  # dat_exp/nn/settings.py
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -114,12 +110,18 @@ class Config:
     dry_run: bool = False
     resume: bool = False
     rerun: bool = False
+    reuse: Reuse = Reuse.same_code  # which finished runs count as done (see Reuse)
     fault: str | None = None  # test-only: raise or nan makes the job fail on purpose
 
 
 def register_configs() -> None:
     """The root schema, which ``conf/config.yaml`` lists first: every group merges into it."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    from dat_exp.nn.presets import PRESETS
+
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for name, settings in PRESETS.items():  # the ``dat`` options: dat=official, dat=blog
+        store.store(group="dat", name=str(name), node=settings)
 
 
 # -- resolution -------------------------------------------------------------------------------
@@ -173,7 +175,8 @@ def train_preset(name: str, on_cuda: bool) -> dict[str, Any]:
 def resolve(cfg: DictConfig) -> dict[str, Any]:
     """The composed config as a plain dict, with ``train`` and ``device`` resolved."""
     keys = [k for k in cfg if k != "hydra"]  # callbacks see Hydra's own node too: leave it out
-    out = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    # enum_to_str: plain strings, since the result is hashed, logged and dumped as YAML
+    out = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)
     device = resolve_device(out["device"])
     out["device"] = device
     train = out["train"]
@@ -185,7 +188,9 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
 
 
 # -- hashing and names ------------------------------------------------------------------------
-VOLATILE_KEYS = ("tracking", "objective", "log_weights", "dry_run", "resume", "rerun")
+# Keys that never change a result: outside the config hash, so adding one to the schema does
+# not make every earlier run look not done.
+VOLATILE_KEYS = ("tracking", "objective", "log_weights", "dry_run", "resume", "rerun", "reuse")
 
 
 def hashable_config(resolved: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:
@@ -227,7 +232,7 @@ def variant_hash(resolved: dict[str, Any]) -> str:
     return digest(hashable_config(resolved, with_seed=False))
 
 
-DAT_DEFAULTS = DatConfig()
+DAT_DEFAULTS = DATSettings()
 SHORT = {"stride": "st", "ksize": "k", "heads": "h", "groups": "g"}
 
 
@@ -251,11 +256,9 @@ def variant_name(resolved: dict[str, Any]) -> str:
             parts += [dat["pe"], f"s{dat['offset_range_factor']:g}", "off"]
             if dat["ref_points"] != DAT_DEFAULTS.ref_points:
                 parts.append(dat["ref_points"])
-        for key, short in SHORT.items():
-            if dat[key] != "auto":
-                parts.append(f"{short}{dat[key]}")
-        for key in ("wrap", "impl"):
+        named = ("preset", "pe", "offset_range_factor", "no_off", "ref_points")  # done above
+        for key in (f.name for f in fields(DATSettings) if f.name not in named):
             if key in dat and dat[key] != getattr(DAT_DEFAULTS, key):
-                parts.append(str(dat[key]))
+                parts.append(f"{SHORT.get(key, '')}{dat[key]}")
     prefix = [] if cfg["model"]["name"] == ModelConfig.name else [cfg["model"]["name"]]
     return "/".join(prefix + parts)

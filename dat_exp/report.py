@@ -35,6 +35,7 @@ from dat_exp.analysis import (
     tradeoff_figure,
 )
 from dat_exp.env import runs_dir
+from dat_exp.tracking import schema
 
 HOW_TO_READ = (
     "Each row is one variant (every setting but the seed), its metrics the mean over its seeds "
@@ -67,7 +68,7 @@ def select(
     return load_runs(experiment=experiment, sweep=sweep, tracking_uri=tracking_uri)
 
 
-def sampling_run(runs: pd.DataFrame, metric: str = "mAP50-95") -> str | None:
+def sampling_run(runs: pd.DataFrame, metric: str = schema.HEADLINE) -> str | None:
     """The DAT run with the best ``metric``: the one whose sampling points are pictured."""
     dat = runs[runs["placement"] != "none"]
     if dat.empty:
@@ -82,14 +83,14 @@ def write_figures(analysis: Analysis, out: Path, sampling: bool = True) -> Repor
     v, uri = analysis.variants, analysis.runset.tracking_uri
     m = analysis.metric
     report.figures[f"{m} vs exact GFLOPs"] = save_png(
-        tradeoff_figure(v, "gflops", m), out / "tradeoff_gflops.png"
+        tradeoff_figure(v, schema.GFLOPS, m), out / "tradeoff_gflops.png"
     )
     report.figures[f"{m} vs latency"] = save_png(
-        tradeoff_figure(v, "latency_ms", m), out / "tradeoff_latency.png"
+        tradeoff_figure(v, schema.LATENCY_MS, m), out / "tradeoff_latency.png"
     )
-    history = epoch_history(analysis.runset.runs, f"val/{m}", uri)
-    report.figures[f"val/{m} per epoch"] = save_png(
-        curves_figure(history, f"val/{m}"), out / "curves.png"
+    history = epoch_history(analysis.runset.runs, schema.val(m), uri)
+    report.figures[f"{schema.val(m)} per epoch"] = save_png(
+        curves_figure(history, schema.val(m)), out / "curves.png"
     )
     heat, note = delta_heatmap(v, metric=m)
     if heat is not None:

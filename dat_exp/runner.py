@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import subprocess
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from typing import Any
 
 from dat_exp.config import config_hash, device_type, variant_hash, variant_name
 from dat_exp.env import runs_dir
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import Tag
 
 log = logging.getLogger("dat_exp")
 
@@ -67,9 +68,9 @@ def model_facts(built: Any, imgsz: int) -> dict[str, float]:
     from dat_exp.metrics.flops import count_params, exact_gflops, ultralytics_gflops
 
     return {
-        "gflops": exact_gflops(built.model, imgsz),
-        "gflops_ultralytics": ultralytics_gflops(built.model, imgsz),
-        "params": float(count_params(built.model)),
+        schema.GFLOPS: exact_gflops(built.model, imgsz),
+        schema.GFLOPS_ULTRALYTICS: ultralytics_gflops(built.model, imgsz),
+        schema.PARAMS: float(count_params(built.model)),
     }
 
 
@@ -92,37 +93,6 @@ def params_of(cfg: dict[str, Any], built: Any) -> dict[str, Any]:
         for key in ("stride", "ksize", "heads", "groups", "pe"):
             params[f"module.{i}.{key}"] = module.settings[key]
     return params
-
-
-def provenance() -> dict[str, str]:
-    import torch
-    import ultralytics
-
-    root = Path(__file__).resolve().parent.parent
-    commit, dirty = "unknown", "unknown"
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        dirty = str(bool(status.strip())).lower()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {
-        "dat_exp.git_commit": commit,
-        "dat_exp.git_dirty": dirty,
-        "torch_version": torch.__version__,
-        "ultralytics_version": ultralytics.__version__,
-        "host": platform.node(),
-    }
 
 
 def device_name(device: str) -> str:
@@ -183,18 +153,16 @@ def train_and_measure(
     start = time.perf_counter()
     args = train_args(cfg, prepared, runs_dir() / "train" / run_id)
     yolo.train(**(args | {"resume": str(resume_from)} if resume_from else args))
-    metrics = {"train_time_s": time.perf_counter() - start, **prepared.logger.final}
+    metrics = {schema.TRAIN_TIME_S: time.perf_counter() - start, **prepared.logger.final}
     if guard.batch_changed:  # Ultralytics halved it after an out-of-memory
-        client.set_tag(
-            run_id, "dat_exp.batch_changed", f"{guard.configured_batch}->{guard.batch_used}"
-        )
+        client.set_tag(run_id, Tag.BATCH_CHANGED, f"{guard.configured_batch}->{guard.batch_used}")
     if on_cuda:
-        metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        metrics[schema.PEAK_MEM_MB] = torch.cuda.max_memory_allocated() / 2**20
     trainer = yolo.trainer
     best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
     latency_device = f"cuda:{cfg['device'].split(',')[0]}" if on_cuda else "cpu"
     lat = measure_latency(YOLO(str(best)).model, prepared.imgsz, latency_device)
-    metrics.update(latency_ms=lat.p50_ms, latency_p90_ms=lat.p90_ms)
+    metrics.update({schema.LATENCY_MS: lat.p50_ms, schema.LATENCY_P90_MS: lat.p90_ms})
     metrics.update(model_facts(prepared.built, prepared.imgsz))
     log_metrics(client, run_id, metrics)
     _log_outputs(client, run_id, trainer, best, cfg["log_weights"])
@@ -226,6 +194,7 @@ def per_class_ap(trainer: Any):
 
 
 def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> tuple[Any, str]:
+    from dat_exp.provenance import provenance_tags
     from dat_exp.tracking.store import (
         client_for,
         experiment_id,
@@ -239,12 +208,12 @@ def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> 
     client = client_for(tracking)
     exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
     tags = {
-        "dat_exp.config_hash": config_hash(cfg),
-        "dat_exp.variant_hash": variant_hash(cfg),
-        "dat_exp.variant": variant_name(cfg),
-        "device_name": device_name(cfg["device"]),
-        "device_type": device_type(cfg["device"]),
-        **provenance(),
+        Tag.CONFIG_HASH: config_hash(cfg),
+        Tag.VARIANT_HASH: variant_hash(cfg),
+        Tag.VARIANT: variant_name(cfg),
+        Tag.DEVICE_NAME: device_name(cfg["device"]),
+        Tag.DEVICE_TYPE: device_type(cfg["device"]),
+        **provenance_tags(),
         **owner_tags(),
     }
     run_id = start_run(client, exp_id, f"{variant_name(cfg)}/seed{cfg['seed']}", tags, parent_id)
@@ -320,13 +289,13 @@ def run_job(
         result.status = "FINISHED"
     except KeyboardInterrupt:
         epoch = prepared.logger.epochs_done
-        client.set_tag(run_id, "dat_exp.error", f"interrupted after epoch {epoch}")
-        client.set_tag(run_id, "dat_exp.last_epoch", epoch)
+        client.set_tag(run_id, Tag.ERROR, f"interrupted after epoch {epoch}")
+        client.set_tag(run_id, Tag.LAST_EPOCH, epoch)
         client.set_terminated(run_id, "KILLED")
         raise
     except Exception as err:  # noqa: BLE001  (the job reports its own failure)
         result.reason = failure_reason(err, prepared)
-        client.set_tag(run_id, "dat_exp.error", result.reason)
+        client.set_tag(run_id, Tag.ERROR, result.reason)
         client.log_text(run_id, traceback.format_exc(), "traceback.txt")
         log.error("job failed: %s", result.reason)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dat_exp.runner import JobResult
+from dat_exp.tracking import schema
 
 
 def budget_excess(cfg: dict[str, Any]) -> str | None:
@@ -32,21 +33,24 @@ def objective_value(cfg: dict[str, Any], result: JobResult) -> float:
     """The trial's value: the metric of a finished run (this job's, or the earlier run of the
     same config that it was skipped for), else the penalty."""
     objective = cfg.get("objective") or {}
-    metric, penalty = objective.get("metric", "mAP50-95"), float(objective.get("penalty", -1.0))
+    metric = objective.get("metric", schema.HEADLINE)
+    penalty = float(objective.get("penalty", -1.0))
     if result.status == "FINISHED":
         return float(result.metrics.get(metric, penalty))
-    if result.status == "SKIPPED" and result.config_hash:
-        return _finished_metric(cfg, result.config_hash, metric, penalty)
+    if result.status == "SKIPPED":
+        return _finished_metric(cfg, result, metric, penalty)
     return penalty
 
 
-def _finished_metric(cfg: dict[str, Any], h: str, metric: str, penalty: float) -> float:
-    from dat_exp.tracking.store import client_for, experiment_id, runs_of_config
+def _finished_metric(cfg: dict[str, Any], result: JobResult, metric: str, penalty: float) -> float:
+    """The metric of the run the job was skipped for: the one it reused, or (a duplicate of an
+    earlier trial) the run of the same config that counts as done."""
+    from dat_exp.sweep import finished_runs, reusable
+    from dat_exp.tracking.store import client_for
 
-    tracking = cfg["tracking"]
-    client = client_for(tracking)
-    exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
-    for run in runs_of_config(client, exp_id, h, "FINISHED"):
-        if metric in run.data.metrics:
-            return float(run.data.metrics[metric])
-    return penalty
+    if result.run_id:
+        metrics = client_for(cfg["tracking"]).get_run(result.run_id).data.metrics
+    else:
+        run, _ = reusable(finished_runs(cfg, result.config_hash), cfg["reuse"])
+        metrics = run.data.metrics if run is not None else {}
+    return float(metrics.get(metric, penalty))

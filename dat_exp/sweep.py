@@ -16,9 +16,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dat_exp.config import config_hash, job_number, resolve, variant_name
+from dat_exp.config import Reuse, config_hash, job_number, resolve, variant_name
 from dat_exp.runner import JobResult, prepare, run_job
 from dat_exp.search import budget_excess
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import Tag
 from dat_exp.tracking.store import PARENT_ENV
 from dat_exp.validate import InvalidJob, validate_job
 
@@ -90,13 +92,52 @@ def run_or_skip(cfg: dict[str, Any], h: str) -> JobResult:
     exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
     for run_id in mark_stale_runs_killed(client, exp_id, h):
         print(f"marked run {run_id} KILLED: its process is gone")
-    finished = runs_of_config(client, exp_id, h, "FINISHED")
-    if finished and not cfg["rerun"]:
-        run_id = finished[0].info.run_id
-        print(f"skipped: done in run {run_id}")
-        return JobResult("SKIPPED", variant_name(cfg), h, run_id, reason=f"done in run {run_id}")
+    if not cfg["rerun"]:
+        finished = runs_of_config(client, exp_id, h, "FINISHED")
+        reused, why = reusable(finished, cfg["reuse"])
+        if reused is not None:
+            print(f"skipped: {why}")
+            return JobResult("SKIPPED", variant_name(cfg), h, reused.info.run_id, reason=why)
+        if finished:
+            print(f"training again: {why}")
     resume = resumable(client, exp_id, h) if cfg["resume"] else None
     return run_job(cfg, os.environ.get(PARENT_ENV), resume)
+
+
+def reusable(finished: list, reuse: str) -> tuple[Any | None, str]:
+    """The FINISHED run (newest first) a job is skipped for, and why; or None and why not.
+
+    Only a run made by the current code version counts as done, unless ``reuse=any``: results
+    of other code are never reused silently."""
+    from dat_exp.provenance import code_version
+
+    current = code_version()
+    if not finished:
+        return None, "not done yet"
+    for run in finished:
+        if run.data.tags.get(Tag.CODE_VERSION) == current:
+            return run, f"done in run {run.info.run_id}"
+    newest = finished[0]
+    old = newest.data.tags.get(Tag.CODE_VERSION, "not recorded")
+    other = f"run {newest.info.run_id} was made by other code (code version {old}, now {current})"
+    if reuse == Reuse.any:
+        return newest, f"done in {other}; reused as reuse=any"
+    return None, f"{other}; reuse=any would reuse it"
+
+
+def finished_runs(cfg: dict[str, Any], h: str) -> list:
+    """FINISHED runs of a config, newest first, without creating a store that is not there."""
+    from dat_exp.tracking.store import client_for, experiment_id, runs_of_config, tracking_uri
+
+    tracking = cfg["tracking"]
+    uri = tracking_uri(tracking)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    client = client_for(tracking)
+    if client.get_experiment_by_name(tracking["experiment"]) is None:
+        return []
+    exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
+    return runs_of_config(client, exp_id, h, "FINISHED")
 
 
 def resumable(client: Any, exp_id: str, h: str) -> tuple[str, Path] | None:
@@ -128,9 +169,20 @@ def describe(cfg: dict[str, Any], job: int, duplicate_of: int | None) -> JobResu
     print(
         f"job {job}: {variant_name(cfg)} seed={cfg['seed']} hash={config_hash(cfg)}{dup}\n"
         f"    modules: {modules}\n"
-        f"    GFLOPs {gflops:.3f} at {prepared.imgsz} px; attention memory {memory:.1f} MB/image"
+        f"    GFLOPs {gflops:.3f} at {prepared.imgsz} px; attention memory {memory:.1f} MB/image\n"
+        f"    {reuse_line(cfg)}"
     )
-    return JobResult("DRY_RUN", variant_name(cfg), config_hash(cfg), metrics={"gflops": gflops})
+    return JobResult(
+        "DRY_RUN", variant_name(cfg), config_hash(cfg), metrics={schema.GFLOPS: gflops}
+    )
+
+
+def reuse_line(cfg: dict[str, Any]) -> str:
+    """What a real run of this job would do with the store's finished runs."""
+    if cfg["rerun"]:
+        return "would train (rerun=true)"
+    reused, why = reusable(finished_runs(cfg, config_hash(cfg)), cfg["reuse"])
+    return f"would reuse: {why}" if reused is not None else f"would train: {why}"
 
 
 def _module_line(index: int, level: str, channels: int, s: dict[str, Any]) -> str:
@@ -140,24 +192,41 @@ def _module_line(index: int, level: str, channels: int, s: dict[str, Any]) -> st
     )
 
 
-def summary_table(results: list[JobResult]) -> str:
+SUMMARY_METRICS = (schema.MAP50, schema.MAP50_95, schema.GFLOPS, schema.LATENCY_MS)
+
+
+def summary_frame(results: list[JobResult]):
+    """One row per job: variant, the headline metrics, status, and the run or the reason."""
     import pandas as pd
 
     rows = [
         {
             "job": i,
             "variant": r.variant,
-            "mAP50": r.metrics.get("mAP50"),
-            "mAP50-95": r.metrics.get("mAP50-95"),
-            "GFLOPs": r.metrics.get("gflops"),
-            "latency_ms": r.metrics.get("latency_ms"),
+            **{m: r.metrics.get(m) for m in SUMMARY_METRICS},
             "status": r.status,
             "run / reason": r.reason or r.run_id or "",
         }
         for i, r in enumerate(results)
     ]
-    frame = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def summary_table(results: list[JobResult]) -> str:
+    frame = summary_frame(results)
     return frame.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+def summary_note(results: list[JobResult]) -> str:
+    """The end-of-sweep table as Markdown, for the parent run's description."""
+    from dat_exp.tracking.notes import markdown_table
+
+    frame = summary_frame(results)
+    numbers = frame.select_dtypes("number").columns.drop("job")
+    frame[numbers] = frame[numbers].map(lambda v: f"{v:.3f}" if v == v else None)
+    counts = frame["status"].value_counts()
+    statuses = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return f"{len(frame)} jobs: {statuses}.\n\n{markdown_table(frame)}"
 
 
 def print_summary(results: list[JobResult], tracking: dict[str, Any]) -> None:
@@ -180,16 +249,18 @@ def results_from_store(tracking: dict[str, Any], parent: str) -> list[JobResult]
     client = client_for(tracking)
     exp_id = client.get_run(parent).info.experiment_id
     runs = client.search_runs(
-        [exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", order_by=["attributes.start_time ASC"]
+        [exp_id],
+        f"{schema.search_tag(Tag.PARENT)} = '{parent}'",
+        order_by=["attributes.start_time ASC"],
     )
     return [
         JobResult(
             run.info.status,
-            run.data.tags.get("dat_exp.variant", ""),
-            run.data.tags.get("dat_exp.config_hash", ""),
+            run.data.tags.get(Tag.VARIANT, ""),
+            run.data.tags.get(Tag.CONFIG_HASH, ""),
             run.info.run_id,
             dict(run.data.metrics),
-            run.data.tags.get("dat_exp.error", ""),
+            run.data.tags.get(Tag.ERROR, ""),
         )
         for run in runs
     ]
@@ -227,6 +298,19 @@ def compose_job(config: DictConfig, overrides: list[str]) -> dict[str, Any]:
     return resolve(loader.load_configuration(config.hydra.job.config_name, overrides, RunMode.RUN))
 
 
+def composition_error(err: BaseException) -> str:
+    """One line from Hydra's and OmegaConf's messages: the override, then the reason (its
+    first line: the value and the valid choices), then the full key."""
+    # a missing option lists the available ones over several lines, then the search path
+    parts = [" ".join(str(err).split()).split(" Config search path")[0]] if str(err) else []
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause):
+        lines = str(cause).splitlines()
+        parts.append(lines[0])
+        parts += [line.strip() for line in lines[1:] if line.strip().startswith("full_key:")]
+    return "; ".join(dict.fromkeys(parts)) or type(err).__name__
+
+
 def check_every_job(config: DictConfig) -> None:
     """Compose and check every job of the sweep; list the invalid ones and start none."""
     jobs = sweep_jobs(config)
@@ -246,9 +330,7 @@ def check_every_job(config: DictConfig) -> None:
         except InvalidJob as err:
             problems.append(f"  {name} ({' '.join(overrides)}): {err}")
         except Exception as err:  # noqa: BLE001  (a composition error of one job)
-            # Hydra's message spreads the available options over lines: keep them, on one
-            reason = " ".join(str(err).split()).split(" Config search path")[0]
-            problems.append(f"  {name} ({' '.join(overrides)}): {reason}")
+            problems.append(f"  {name} ({' '.join(overrides)}): {composition_error(err)}")
     if problems:
         what = "jobs or search values" if searched else "jobs"
         total = len(jobs) + len(searched)
@@ -299,9 +381,7 @@ class SweepCallback(Callback):
         exp_id = experiment_id(client, tracking["experiment"], local=not tracking.get("uri"))
         name = f"sweep {config.hydra.sweep.dir.rsplit('/', 2)[-1]}"
         overrides = " ".join(config.hydra.overrides.task)
-        parent = start_run(
-            client, exp_id, name, {"dat_exp.sweep": "true", "dat_exp.overrides": overrides}
-        )
+        parent = start_run(client, exp_id, name, {Tag.SWEEP: "true", Tag.OVERRIDES: overrides})
         os.environ[PARENT_ENV] = parent
         prepare_ray_launcher(config, (PARENT_ENV, DUPLICATES_ENV))
 
@@ -313,9 +393,12 @@ class SweepCallback(Callback):
         print_summary(STATE.results, cfg["tracking"])
         parent = os.environ.pop(PARENT_ENV, None)
         if parent:
+            from dat_exp.tracking.notes import set_sweep_note
             from dat_exp.tracking.store import client_for
 
             client = client_for(cfg["tracking"])
+            if STATE.results:
+                set_sweep_note(client, parent, "summary", summary_note(STATE.results))
             report_search(Path(config.hydra.sweep.dir), client, parent)
             client.set_terminated(parent, "FAILED" if STATE.failed else "FINISHED")
 
@@ -334,8 +417,8 @@ def report_search(sweep_dir: Path, client: Any, parent: str) -> None:
         return
     params = " ".join(f"{k}={v}" for k, v in best["best_params"].items())
     print(f"\nbest trial: {best['best_value']:.4f} with {params}")
-    client.set_tag(parent, "dat_exp.best_value", best["best_value"])
-    client.set_tag(parent, "dat_exp.best_params", params)
+    client.set_tag(parent, Tag.BEST_VALUE, best["best_value"])
+    client.set_tag(parent, Tag.BEST_PARAMS, params)
     client.log_artifact(parent, str(results))
 
 

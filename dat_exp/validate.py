@@ -8,8 +8,10 @@ placement has, the dataset on disk, the tracking store reachable, CUDA present).
 from __future__ import annotations
 
 import json
+import math
 import socket
 import sys
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,11 @@ from urllib.parse import urlparse
 
 from dat_exp.config import cuda_available, device_type
 from dat_exp.env import runs_dir
+from dat_exp.tracking import schema
 
 OPTIMIZERS = ("SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD", "auto")
 FAULTS = (None, "off", "raise", "nan")  # test-only: raise or nan make a job fail on purpose
-OBJECTIVE_METRICS = ("mAP50-95", "mAP50")
+OBJECTIVE_METRICS = (schema.MAP50_95, schema.MAP50)
 DDP_CLOUDPICKLE = (3, 1, 1)  # Ultralytics pickles the trainer for its DDP workers with it
 
 
@@ -38,6 +41,8 @@ def validate_job(cfg: dict[str, Any]) -> None:
         check_placement(cfg["placement"]["name"], cfg["placement"]["levels"])
     except ValueError as err:
         raise InvalidJob(str(err)) from None
+    placement = cfg["placement"]
+    check_dat(cfg["dat"], cfg["model"]["name"], placement["name"], placement["levels"])
     _check_train(cfg["train"])
     if cfg.get("fault") not in FAULTS:
         raise InvalidJob(f"fault={cfg['fault']!r} is not one of {FAULTS}")
@@ -176,7 +181,6 @@ def _check_model(model_json: str, nc: int, imgsz: int) -> None:
     if weights and not Path(weights).is_file():
         raise InvalidJob(f"model.weights={weights!r}: no such checkpoint file")
     try:
-        _check_dat_values(dat)
         build(
             model["name"],
             nc,
@@ -190,10 +194,159 @@ def _check_model(model_json: str, nc: int, imgsz: int) -> None:
         raise InvalidJob(str(err)) from None
 
 
-def _check_dat_values(dat: dict[str, Any]) -> None:
-    for key, least in (("stride", 1), ("ksize", 1), ("heads", 1), ("groups", 1)):
-        value = dat[key]
-        if value == "auto":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"dat.{key}={value!r} must be auto or an integer >= {least}")
+# -- dat: every job, whatever its placement ---------------------------------------------------
+SIZING_RULES = {  # key -> (rule for an integer, what a valid value is)
+    "stride": (lambda v: v >= 1, "an integer >= 1 (1, 2, 3, ...)"),
+    "ksize": (lambda v: v >= 1 and v % 2 == 1, "an odd positive integer (1, 3, 5, ...)"),
+    "heads": (lambda v: v >= 1, "a positive integer (1, 2, 3, ...)"),
+    "groups": (lambda v: v >= 1, "a positive integer (1, 2, 3, ...)"),
+}
+
+
+def check_dat(
+    dat: Mapping[str, Any],
+    model: str,
+    placement: str = "none",
+    levels: list[str] | tuple[str, ...] | None = None,
+) -> None:
+    """Raise ``InvalidJob`` when a ``dat`` value is out of range or no module could use it.
+
+    Runs for every job, ``placement=none`` too, so that a typo fails instead of training a stock
+    model. Each value in its range; then ``heads`` must divide the channels (and ``groups`` the
+    heads) of every level the placement uses; for ``none``, of at least one level of ``model``
+    (P3/P4/P5, the maps Detect reads). ``auto`` is the per-level default and always valid.
+    """
+    from dat_exp.nn.presets import preset_settings
+    from dat_exp.nn.settings import AUTO, CHOICES, DAT_KEYS, SIZING_KEYS, DATSettings, as_dict
+
+    unknown = sorted(set(dat) - set(DAT_KEYS))
+    if unknown:
+        raise InvalidJob(f"dat.{unknown[0]} is not a DAT setting; valid: {', '.join(DAT_KEYS)}")
+    values = {**as_dict(DATSettings()), **dat}
+    for key, enum in CHOICES.items():
+        if str(values[key]) not in enum.__members__:
+            choices = ", ".join(member.value for member in enum)
+            raise InvalidJob(f"dat.{key}={_show(values[key])} is not one of {choices}")
+    factor = values["offset_range_factor"]
+    if not _is_number(factor) or not math.isfinite(factor):
+        raise InvalidJob(f"dat.offset_range_factor={_show(factor)} must be a finite number")
+    if not isinstance(values["no_off"], bool):
+        raise InvalidJob(f"dat.no_off={_show(values['no_off'])} must be true or false")
+    for key in SIZING_KEYS:
+        rule, valid = SIZING_RULES[key]
+        value = values[key]
+        if value != AUTO and not (_is_int(value) and rule(value)):
+            raise InvalidJob(f"dat.{key}={_show(value)} must be auto or {valid}")
+    preset = preset_settings(values["preset"])
+    try:
+        widths = _dat_channels(model, placement, tuple(levels or ()))
+    except ValueError as err:  # a model name no base has
+        raise InvalidJob(str(err)) from None
+    # what a module gets: the job's value, or where that is auto the preset's (maybe auto too)
+    sizes = {k: values[k] if values[k] != AUTO else getattr(preset, k) for k in ("heads", "groups")}
+    named = {
+        k: f"dat.{k}={v}" + ("" if values[k] == v else f" (the {preset.preset} preset's)")
+        for k, v in sizes.items()
+    }
+    if placement == "none":
+        _check_any_level(sizes, named, widths, model)
+    else:
+        _check_every_level(values, sizes, named, widths, model, placement)
+
+
+def _check_any_level(
+    sizes: dict[str, Any], named: dict[str, str], widths: dict[str, int], model: str
+) -> None:
+    """``placement=none``: a value that no level of the model could take is a typo."""
+    from dat_exp.nn.presets import default_heads
+    from dat_exp.nn.settings import AUTO
+
+    heads, groups = sizes["heads"], sizes["groups"]
+    shown = ", ".join(f"{level} {c}" for level, c in widths.items())
+    if heads != AUTO and all(c % heads for c in widths.values()):
+        valid = sorted(set().union(*(_divisors(c) for c in widths.values())))
+        raise InvalidJob(
+            f"{named['heads']} divides the channels of no level of {model} ({shown}); "
+            f"valid: {_listed(valid)}"
+        )
+    if groups == AUTO:
+        return
+    level_heads = {  # the heads each level would have, where they divide its channels
+        level: default_heads(c) if heads == AUTO else heads
+        for level, c in widths.items()
+        if heads == AUTO or c % heads == 0
+    }
+    if all(h % groups for h in level_heads.values()):
+        valid = sorted(set().union(*(_divisors(h) for h in level_heads.values())))
+        shown = ", ".join(f"{level} {h}" for level, h in level_heads.items())
+        raise InvalidJob(
+            f"{named['groups']} divides the heads of no level of {model} ({shown} heads); "
+            f"valid: {_listed(valid)}"
+        )
+
+
+def _check_every_level(
+    values: dict[str, Any],
+    sizes: dict[str, Any],
+    named: dict[str, str],
+    widths: dict[str, int],
+    model: str,
+    placement: str,
+) -> None:
+    """A DAT placement: every module it builds, with the heads and groups it would get."""
+    from dat_exp.nn.presets import default_groups, default_heads, level_settings
+    from dat_exp.nn.settings import AUTO
+
+    where = f"placement={placement} of {model}"
+    inside = " (the width inside its block)" if placement == "c2f" else ""
+    built = {}
+    for level, width in widths.items():
+        settings = level_settings(level, None if placement == "c2f" else width, 640, values)
+        heads = settings["heads"] or default_heads(width)
+        built[level] = (width, heads, settings["groups"] or default_groups(heads))
+    for level, (width, heads, groups) in built.items():
+        if width % heads:
+            valid = set.intersection(*(_divisors(w) for w, _, _ in built.values()))
+            raise InvalidJob(
+                f"{named['heads']} must divide channels={width}{inside} at {level} ({where}); "
+                f"valid at every level it uses: {_listed(sorted(valid))}"
+            )
+        if heads % groups:
+            valid = sorted(set.intersection(*(_divisors(h) for _, h, _ in built.values())))
+            if sizes["groups"] != AUTO:
+                raise InvalidJob(
+                    f"{named['groups']} must divide heads={heads} at {level} ({where}); "
+                    f"valid at every level it uses: {_listed(valid)}"
+                )
+            raise InvalidJob(  # the level's default groups, with heads set by hand
+                f"dat.groups=auto is {groups} at {level} ({where}: the level default, for its "
+                f"{default_heads(width)} default heads), which does not divide "
+                f"{named['heads']}; set dat.groups to one of {_listed(valid)}"
+            )
+
+
+@lru_cache(maxsize=64)
+def _dat_channels(model: str, placement: str, levels: tuple[str, ...]) -> dict[str, int]:
+    from dat_exp.models.builder import dat_channels
+
+    return dat_channels(model, placement, levels)
+
+
+def _divisors(n: int) -> set[int]:
+    return {d for d in range(1, n + 1) if n % d == 0}
+
+
+def _listed(values: list[int]) -> str:
+    return ", ".join(map(str, values))
+
+
+def _show(value: Any) -> str:
+    return repr(str(value)) if isinstance(value, str) else str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

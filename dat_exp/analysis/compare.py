@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from dat_exp.analysis.stats import paired_by_seed, paired_p_value, welch_interval
+from dat_exp.tracking.schema import HEADLINE
 
 KEY = ("model", "data", "train", "device_type")
 COLUMNS = [
@@ -75,7 +76,7 @@ def compare(
     pool: pd.DataFrame,
     variants: pd.DataFrame,
     config_of: ConfigOf,
-    metric: str = "mAP50-95",
+    metric: str = HEADLINE,
 ) -> pd.DataFrame:
     """``variants`` (from ``aggregate``) with, per variant: its baseline, Δ ``metric`` to it with
     Welch's 95% interval, the paired t-test's p over shared seeds, and a verdict."""

@@ -22,21 +22,26 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from dat_exp.env import runs_dir
-
-DEFAULT_EXPERIMENT = "dat-exp"
-SWEEP_TAG = "dat_exp.sweep"
-PARENT_TAG = "mlflow.parentRunId"
+from dat_exp.tracking.schema import (
+    DEFAULT_EXPERIMENT,
+    HEADLINE,
+    Tag,
+    default_tracking_uri,
+    is_final,
+    search_tag,
+    val,
+)
 
 # tag -> column; params keep their names (placement, dat.*, seed, ...)
 TAGS = {
-    "dat_exp.variant_hash": "variant_hash",
-    "dat_exp.config_hash": "config_hash",
-    "device_type": "device_type",
-    "device_name": "device_name",
-    "dat_exp.error": "error",
-    PARENT_TAG: "parent_run_id",
-    "mlflow.runName": "run_name",
+    Tag.VARIANT_HASH: "variant_hash",
+    Tag.CONFIG_HASH: "config_hash",
+    Tag.CODE_VERSION: "code_version",
+    Tag.DEVICE_TYPE: "device_type",
+    Tag.DEVICE_NAME: "device_name",
+    Tag.ERROR: "error",
+    Tag.PARENT: "parent_run_id",
+    Tag.RUN_NAME: "run_name",
 }
 IDS = ["run_id", "run_name", "parent_run_id", "experiment_id", "status", "start_time", "end_time"]
 CONFIG = [
@@ -92,10 +97,6 @@ class RunSet:
 
 
 # -- the store ---------------------------------------------------------------------------------
-def default_tracking_uri() -> str:
-    return f"sqlite:///{runs_dir() / 'mlflow.db'}"
-
-
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The given URI or the local store; a local SQLite file must already exist (MLflow would
     otherwise create an empty store, and every later message would be about the wrong file)."""
@@ -133,7 +134,7 @@ def latest_sweep(tracking_uri: str | None = None, experiment: str | None = None)
     found = (
         client.search_runs(
             ids,
-            f"tags.`{SWEEP_TAG}` = 'true'",
+            f"{search_tag(Tag.SWEEP)} = 'true'",
             max_results=1,
             order_by=["attributes.start_time DESC"],
         )
@@ -159,7 +160,7 @@ def _sweep_run(client: MlflowClient, run_id: str, uri: str) -> Any:
         run = client.get_run(run_id)
     except MlflowException:
         raise AnalysisError(f"sweep {run_id!r} not found in {uri}") from None
-    if run.data.tags.get(SWEEP_TAG) != "true":
+    if run.data.tags.get(Tag.SWEEP) != "true":
         raise AnalysisError(f"run {run_id!r} in {uri} is not a sweep (parent) run")
     return run
 
@@ -215,8 +216,8 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
     ids, config (params and tags), final metrics (per-epoch series left out), error."""
     if raw.empty:
         return pd.DataFrame(columns=IDS + CONFIG + ["error"])
-    is_parent = _column(raw, f"tags.{SWEEP_TAG}") == "true"
-    raw = raw[~is_parent & _column(raw, "tags.dat_exp.variant_hash").notna()]
+    is_parent = _column(raw, f"tags.{Tag.SWEEP}") == "true"
+    raw = raw[~is_parent & _column(raw, f"tags.{Tag.VARIANT_HASH}").notna()]
     out = raw[["run_id", "experiment_id", "status", "start_time", "end_time"]].copy()
     for tag, column in TAGS.items():
         out[column] = _column(raw, f"tags.{tag}")
@@ -225,7 +226,9 @@ def tidy(raw: pd.DataFrame) -> pd.DataFrame:
         if name != "placement.levels":
             out[name] = coerce(values)
     out["levels"] = _column(raw, "params.placement.levels").map(_levels)
-    metrics = sorted(c for c in raw.columns if c.startswith("metrics.") and "/" not in c)
+    metrics = sorted(
+        c for c in raw.columns if c.startswith("metrics.") and is_final(c[len("metrics.") :])
+    )
     for column in metrics:
         out[column[len("metrics.") :]] = raw[column].astype(float)
     for column in IDS + CONFIG:
@@ -279,7 +282,7 @@ def _later_finished(row: pd.Series, done: pd.DataFrame) -> str | None:
 
 # -- per-run extras ----------------------------------------------------------------------------
 def epoch_history(
-    runs: pd.DataFrame, key: str = "val/mAP50-95", tracking_uri: str | None = None
+    runs: pd.DataFrame, key: str = val(HEADLINE), tracking_uri: str | None = None
 ) -> pd.DataFrame:
     """Per-epoch series of ``key`` for every run: run_id, variant_hash, variant, seed, step,
     value."""

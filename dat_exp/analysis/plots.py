@@ -15,26 +15,18 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-PRIMARY = "mAP50-95"
-AXIS_LABELS = {
-    "gflops": "GFLOPs (exact, at the training size)",
-    "latency_ms": "latency (ms, median, batch 1)",
-}
-# Keys a sweep may vary, in the order the heat map prefers them.
+from dat_exp.nn.settings import DAT_KEYS
+from dat_exp.tracking import schema
+
+PRIMARY = schema.HEADLINE
+# Keys a sweep may vary, in the order the heat map prefers them; every DAT key (the fields of
+# DATSettings) is one, those that most often answer the question first.
+DAT_FIRST = ("pe", "offset_range_factor", "no_off", "ref_points", "preset")
 SWEPT_KEYS = (
     "placement",
     "levels",
-    "dat.pe",
-    "dat.offset_range_factor",
-    "dat.no_off",
-    "dat.ref_points",
-    "dat.preset",
-    "dat.stride",
-    "dat.ksize",
-    "dat.heads",
-    "dat.groups",
-    "dat.wrap",
-    "dat.impl",
+    *(f"dat.{key}" for key in DAT_FIRST),
+    *(f"dat.{key}" for key in DAT_KEYS if key not in DAT_FIRST),
     "model",
     "data",
     "train",
@@ -66,7 +58,9 @@ def _errors(v: pd.DataFrame, metric: str) -> np.ndarray:
     return np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0)
 
 
-def tradeoff_figure(variants: pd.DataFrame, x: str = "gflops", metric: str = PRIMARY) -> Figure:
+def tradeoff_figure(
+    variants: pd.DataFrame, x: str = schema.GFLOPS, metric: str = PRIMARY
+) -> Figure:
     """``metric`` against cost ``x`` (``gflops`` or ``latency_ms``), one panel per device type,
     95% intervals as error bars, the Pareto front (cheaper or better than any other) in red."""
     devices = sorted(variants["device_type"].dropna().unique()) or ["unknown"]
@@ -106,13 +100,13 @@ def _tradeoff_panel(ax: Axes, v: pd.DataFrame, x: str, metric: str) -> None:
     ax.scatter(xs[front], ys[front], s=110, facecolors="none", edgecolors="tab:red", lw=2, zorder=4)
     for name, px, py in zip(v["variant"], xs, ys, strict=True):
         ax.annotate(str(name), (px, py), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel(AXIS_LABELS.get(x, x))
+    ax.set_xlabel(schema.METRICS[x].label if x in schema.METRICS else x)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
 
 
-def curves_figure(history: pd.DataFrame, key: str = "val/mAP50-95") -> Figure:
+def curves_figure(history: pd.DataFrame, key: str = schema.val(PRIMARY)) -> Figure:
     """Per-epoch ``key`` per variant: the mean over seeds, the band from the lowest to the
     highest seed."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")

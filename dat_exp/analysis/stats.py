@@ -12,21 +12,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dat_exp.tracking import schema
+
 LEVEL = 0.95
-METRICS = (
-    "mAP50-95",
-    "mAP50",
-    "precision",
-    "recall",
-    "gflops",
-    "gflops_ultralytics",
-    "params",
-    "latency_ms",
-    "latency_p90_ms",
-    "train_time_s",
-    "peak_mem_mb",
-)
-QUALITY = ("mAP50-95", "mAP50", "precision", "recall")  # what a seed should change
+METRICS = tuple(schema.METRICS)  # every final metric the statistics handle
+QUALITY = schema.QUALITY  # what a seed should change
 # Columns that describe a variant (equal across its seeds); dat.* columns are added to these.
 VARIANT_COLUMNS = ("variant", "placement", "levels", "model", "data", "train", "device_type")
 NAN = float("nan")

@@ -13,8 +13,9 @@ import pandas as pd
 from dat_exp.analysis.compare import ConfigOf, compare
 from dat_exp.analysis.load import RunSet, run_config
 from dat_exp.analysis.stats import aggregate, identical_seed_warnings
+from dat_exp.tracking import schema
 
-PRIMARY = "mAP50-95"
+PRIMARY = schema.HEADLINE
 
 
 @dataclass
@@ -42,10 +43,10 @@ def table(analysis: Analysis) -> pd.DataFrame:
             "device": v["device_type"],
             "n": v["n"],
             m: [_mean_ci(v, i, m, 4) for i in v.index],
-            "mAP50": [_mean_ci(v, i, "mAP50", 4) for i in v.index],
-            "GFLOPs": [_number(v, i, "gflops", 2) for i in v.index],
-            "params (M)": [_number(v, i, "params", 3, 1e-6) for i in v.index],
-            "latency (ms)": [_mean_ci(v, i, "latency_ms", 2) for i in v.index],
+            schema.MAP50: [_mean_ci(v, i, schema.MAP50, 4) for i in v.index],
+            "GFLOPs": [_number(v, i, schema.GFLOPS, 2) for i in v.index],
+            "params (M)": [_number(v, i, schema.PARAMS, 3, 1e-6) for i in v.index],
+            "latency (ms)": [_mean_ci(v, i, schema.LATENCY_MS, 2) for i in v.index],
             f"Δ {m} [95% CI]": [_delta(row) for _, row in v.iterrows()],
             "p (paired)": [_p(row) for _, row in v.iterrows()],
             "baseline": v["baseline_variant"].fillna("-"),

@@ -55,16 +55,15 @@ def count_params(model: nn.Module) -> int:
 
 def attention_memory_mb(model: nn.Module, imgsz: int, bytes_per_value: int = 4) -> float:
     """Predicted activation memory of the attention matrices per image (MB): logits and
-    softmax, kept for backward, of every DAttention on the reference path."""
-    from dat_exp.nn.dattention import key_grid_size
-
+    softmax, kept for backward, of every DAttention on the reference path. The key grid is
+    each module's own (``DAttention.key_grid``: the offset conv's padding rule)."""
     total = 0
     hooks = []
 
     def count(module: DAttention, args: tuple) -> None:
         nonlocal total
         h, w = args[0].shape[-2:]
-        hk, wk = (key_grid_size(s, module.ksize, module.stride) for s in (h, w))
+        hk, wk = module.key_grid(h, w)
         total += 2 * module.heads * h * w * hk * wk * bytes_per_value
 
     for m in model.modules():

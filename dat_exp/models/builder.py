@@ -19,27 +19,14 @@ import yaml
 
 from dat_exp.models.placements import (
     BASES,
-    LEVEL_STRIDES,
+    LEVELS,
     Base,
     check_placement,
     target_layer,
 )
-from dat_exp.nn.presets import BLOG, LEVEL_OFFSET_NET, OFFICIAL, default_groups, default_heads
+from dat_exp.nn.presets import level_settings
 
 CHANNEL_MODULES = {"Conv", "C2f", "C3k2", "SPPF", "C2PSA"}  # first YAML arg = output channels
-DAT_KEYS = (
-    "pe",
-    "offset_range_factor",
-    "no_off",
-    "stride",
-    "ksize",
-    "heads",
-    "groups",
-    "wrap",
-    "ref_points",
-    "impl",
-)
-PRESETS = {"official": OFFICIAL, "blog": BLOG}
 
 
 @dataclass
@@ -106,36 +93,6 @@ def layer_channels(layers: list, width: float, max_channels: int) -> list[int]:
         else:  # nn.Upsample and friends keep their input's channels
             ch.append(ch[f] if ch else 3)
     return ch
-
-
-def resolve_settings(
-    channels: int | None, level: str, imgsz: int, dat: dict[str, Any]
-) -> dict[str, Any]:
-    """DAT settings of one module: the preset's (per level for ``official``), then overrides.
-
-    ``channels=None`` (inside a block) leaves heads and groups to the block's own width.
-    """
-    preset = dat.get("preset", "official")
-    if preset not in PRESETS:
-        raise ValueError(f"dat preset {preset!r} is not one of {', '.join(PRESETS)}")
-    ksize, stride = LEVEL_OFFSET_NET[LEVEL_STRIDES[level]]
-    heads = default_heads(channels) if channels else None
-    settings: dict[str, Any] = {
-        **OFFICIAL,
-        "feat_size": -(-imgsz // LEVEL_STRIDES[level]),
-        "ksize": ksize,
-        "stride": stride,
-        "heads": heads,
-        "groups": default_groups(heads) if heads else None,
-        "impl": "auto",
-    }
-    if preset == "blog":
-        settings.update(BLOG)
-    for key in DAT_KEYS:
-        value = dat.get(key, "auto")
-        if value is not None and value != "auto":
-            settings[key] = value
-    return settings
 
 
 def _plan(base: Base, placement: str, levels: tuple[str, ...]) -> dict[int, list[str]]:
@@ -236,7 +193,7 @@ def _relative(target: int, at: int) -> int:
 
 def _dat_row(src: int, channels: int, level: str, imgsz: int, dat: dict) -> list:
     # ``from`` holds the stock source index until the rewiring pass resolves it.
-    return [src, 1, "DATBlock", [channels, resolve_settings(channels, level, imgsz, dat)]]
+    return [src, 1, "DATBlock", [channels, level_settings(level, channels, imgsz, dat)]]
 
 
 def _dat_inside(
@@ -258,15 +215,52 @@ def _dat_inside(
             f"changes channels {c1}->{c2}, which Ultralytics' parser cannot record for a custom "
             f"layer; choose levels without {level} or base yolov8"
         )
-    settings = resolve_settings(None, level, imgsz, dat)
+    settings = level_settings(level, None, imgsz, dat)
     settings.pop("wrap")  # the bottleneck's own residual wraps it
     n = max(round(n * depth), 1) if n > 1 else n
     if m == "C2f":
         shortcut = args[1] if len(args) > 1 else False
-        return [f, 1, "C2fDAT", [c1, c2, n, shortcut, 1, 0.5, settings]]
-    c3k = True if scale in "mlx" else (args[1] if len(args) > 1 else False)
-    e = args[2] if len(args) > 2 else 0.5
+        return [f, 1, "C2fDAT", [c1, c2, n, shortcut, 1, C2F_E, settings]]
+    c3k, e = _c3k2_args(args, scale)
     return [f, 1, "C3k2DAT", [c1, c2, n, c3k, e, False, 1, True, settings]]
+
+
+C2F_E = 0.5  # C2fDAT's expansion: its bottlenecks are half the block's width
+
+
+def _c3k2_args(args: list, scale: str) -> tuple[bool, float]:
+    """``(c3k, e)`` of a stock C3k2 row, as Ultralytics' parser sets them per scale."""
+    c3k = True if scale in "mlx" else (args[1] if len(args) > 1 else False)
+    return bool(c3k), args[2] if len(args) > 2 else 0.5
+
+
+def _inner_width(layer: list, c2: int, scale: str) -> int:
+    """Channels of the last bottleneck of a ``c2f`` block (what its DAttention works on)."""
+    if layer[2] == "C2f":
+        return int(c2 * C2F_E)
+    c3k, e = _c3k2_args(layer[3], scale)
+    hidden = int(c2 * e)
+    return int(hidden * 0.5) if c3k else hidden  # C3k halves again (its own e=0.5)
+
+
+def dat_channels(
+    model: str, placement: str, levels: list[str] | tuple[str, ...] | None = None
+) -> dict[str, int]:
+    """Channels of the map each DAT module of ``placement`` works on, by level (inside a ``c2f``
+    block: its last bottleneck's width); for ``none``, of every level Detect reads."""
+    base_name, scale = split_model_name(model)
+    base = BASES[base_name]
+    cfg = stock_yaml(base_name)
+    _, width, max_channels = cfg["scales"][scale]
+    stock = cfg["backbone"] + cfg["head"]
+    ch = layer_channels(stock, width, max_channels)
+    if placement == "none":
+        return {level: ch[base.neck[level]] for level in LEVELS}
+    out = {}
+    for level in check_placement(placement, levels):
+        i = target_layer(base, placement, level)
+        out[level] = _inner_width(stock[i], ch[i], scale) if placement == "c2f" else ch[i]
+    return out
 
 
 def _assemble(cfg: dict, layers: list, n_backbone: int, nc: int, scale: str) -> dict[str, Any]:

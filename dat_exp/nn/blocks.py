@@ -9,9 +9,10 @@ import torch
 from timm.layers import LayerNorm2d, LayerScale2d
 from torch import nn
 
-from dat_exp.nn.dattention import DAttention
+from dat_exp.nn.dattention import NORM_EPS, DAttention
+from dat_exp.nn.settings import Wrap
 
-WRAPS = ("residual", "bare")
+WRAPS = tuple(map(str, Wrap))
 
 
 class DATBlock(nn.Module):
@@ -42,7 +43,7 @@ class DATBlock(nn.Module):
         except TypeError as err:  # an unknown key in the settings mapping
             raise ValueError(f"bad DAT setting in {sorted(opts)}: {err}") from None
         if wrap == "residual":
-            self.norm = LayerNorm2d(c1)
+            self.norm = LayerNorm2d(c1, eps=NORM_EPS)
             self.layer_scale = LayerScale2d(c1, layer_scale_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

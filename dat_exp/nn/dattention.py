@@ -18,11 +18,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dat_exp.nn.presets import default_groups, default_heads
+from dat_exp.nn.settings import PE, Impl, RefPoints
 
-PE_MODES = ("table", "dwc", "log_cpb", "fixed", "none")
-PE_ALIASES = {"log-cpb": "log_cpb"}
-REF_CONVENTIONS = ("datpp", "v1")
-IMPLS = ("auto", "fast", "reference")
+# The choices are DATSettings' enums (one home); plain strings here, for messages and tests.
+PE_MODES = tuple(map(str, PE))  # the canonical names (an enum iterates without its aliases)
+PE_ALIASES = {alias: str(m) for alias, m in PE.__members__.items() if alias != m.name}
+REF_CONVENTIONS = tuple(map(str, RefPoints))
+IMPLS = tuple(map(str, Impl))
+NORM_EPS = 1e-5  # official DAT's LayerNormProxy is nn.LayerNorm (timm's LayerNorm2d: 1e-6)
 BIAS_PE_MODES = ("table", "log_cpb", "fixed")  # modes that add a bias to the logits
 CPB_CHUNK = 2**24  # hidden activations of the log-CPB MLP per chunk (64 MB in float32)
 
@@ -41,9 +44,23 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def key_grid_size(size: int, ksize: int, stride: int) -> int:
-    """Side of the offset network's output (= key grid) for a map side ``size``."""
-    return (size + 2 * (ksize // 2) - ksize) // stride + 1
+def offset_padding(ksize: int, stride: int, ref_points: str = "datpp") -> int:
+    """Padding of the offset network's depthwise conv: the one place this rule lives.
+
+    DAT++ (official ``main``): 0 when ``ksize == stride`` (non-overlapping windows,
+    key grid ``floor(H / stride)``), else ``ksize // 2`` (key grid ``ceil(H / stride)`` for odd
+    ksize). The CVPR 2022 release (``v1``) always pads ``ksize // 2``.
+    """
+    if ref_points == "datpp" and ksize == stride:
+        return 0
+    return ksize // 2
+
+
+def key_grid_size(size: int, ksize: int, stride: int, padding: int | None = None) -> int:
+    """Side of the offset network's output (= key grid) for a map side ``size``; ``padding``
+    defaults to :func:`offset_padding` (DAT++)."""
+    padding = offset_padding(ksize, stride) if padding is None else padding
+    return (size + 2 * padding - ksize) // stride + 1
 
 
 def normalised_grid(n: int, convention: str, centred: bool, device, dtype) -> torch.Tensor:
@@ -86,7 +103,9 @@ class DAttention(nn.Module):
         groups: offset groups; must divide ``heads``. ``None``: the level default (the
             largest divisor of ``heads`` that is at most ``heads / 2``).
         stride: stride of the offset network (key grid ~ feature size / stride).
-        ksize: odd kernel of the offset network's depthwise conv.
+        ksize: odd kernel of the offset network's depthwise conv, padded as the official code
+            does (:func:`offset_padding`: 0 when ``ksize == stride`` in DAT++, so the key grid is
+            ``floor(H / stride)`` there and ``ceil(H / stride)`` otherwise).
         offset_range_factor: ``s``; see ``ref_points`` for its meaning per convention.
         pe: position encoding, one of ``table, dwc, log_cpb, fixed, none``.
         no_off: no offsets; keys/values from ``avg_pool2d`` and no position encoding.
@@ -132,9 +151,10 @@ class DAttention(nn.Module):
         self.last_positions: tuple[torch.Tensor, torch.Tensor] | None = None
 
         gc = c1 // groups
+        pad = offset_padding(ksize, stride, self.ref_points)
         self.conv_offset = nn.Sequential(
-            nn.Conv2d(gc, gc, ksize, stride, ksize // 2, groups=gc),
-            LayerNorm2d(gc),
+            nn.Conv2d(gc, gc, ksize, stride, pad, groups=gc),
+            LayerNorm2d(gc, eps=NORM_EPS),
             nn.GELU(),
             nn.Conv2d(gc, 2, 1, bias=False),
         )
@@ -154,15 +174,28 @@ class DAttention(nn.Module):
             self.rpe_table = nn.Parameter(torch.empty(h, 2 * hq - 1, 2 * wq - 1))
             nn.init.trunc_normal_(self.rpe_table, std=0.01)
         elif self.pe == "fixed":
-            hk, wk = (key_grid_size(s, self.ksize, self.stride) for s in (hq, wq))
+            hk, wk = self.key_grid(hq, wq)
+            if hk < 1 or wk < 1:
+                raise ValueError(
+                    f"pe='fixed': feat_size={self.feat_size} gives an empty key grid at "
+                    f"ksize={self.ksize} == stride (padding 0, as in official DAT++)"
+                )
             self.rpe_table = nn.Parameter(torch.empty(h, hq * wq, hk * wk))
             nn.init.trunc_normal_(self.rpe_table, std=0.01)
         elif self.pe == "log_cpb":
             self.rpe_mlp = nn.Sequential(
-                nn.Linear(2, 32), nn.ReLU(inplace=True), nn.Linear(32, h // self.groups)
+                nn.Linear(2, 32), nn.ReLU(inplace=True), nn.Linear(32, h // self.groups, bias=False)
             )
         elif self.pe == "dwc":
             self.rpe_dwc = nn.Conv2d(self.channels, self.channels, 3, 1, 1, groups=self.channels)
+
+    def key_grid(self, h: int, w: int) -> tuple[int, int]:
+        """Key grid ``(Hk, Wk)`` for an ``h x w`` map: the offset conv's output size, from the
+        conv's own padding (:func:`offset_padding` when built; a checkpoint pickled before the
+        DAT++ padding rule keeps the ``ksize // 2`` it was trained with)."""
+        pad = self.conv_offset[0].padding[0]
+        hk, wk = (key_grid_size(s, self.ksize, self.stride, pad) for s in (h, w))
+        return hk, wk
 
     def bias_parameters(self) -> list[nn.Parameter]:
         """Position-bias parameters, which train without weight decay (as in official DAT)."""
@@ -194,7 +227,11 @@ class DAttention(nn.Module):
         if self.record_positions:
             self.last_positions = (ref.detach(), pos.detach())
         if self.no_off:
-            x_s = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+            # The key grid is ceil(H/stride) (padding ksize//2) or floor(H/stride) (padding 0 at
+            # ksize == stride); windows past the edge average the pixels they cover.
+            hk, wk = pos.shape[1:3]
+            ceil = (hk, wk) != (h // self.stride, w // self.stride)
+            x_s = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=ceil)
         else:
             x_s = _sample(x.reshape(b * g, c // g, h, w), pos).reshape(b, c, *pos.shape[1:3])
         n = x_s.shape[-2] * x_s.shape[-1]
@@ -215,8 +252,13 @@ class DAttention(nn.Module):
         """Reference grid and deformed sampling positions, both ``(B*g, Hk, Wk, 2)`` (y, x)."""
         b, c, h, w = q.shape
         g = self.groups
+        hk, wk = self.key_grid(h, w)
+        if hk < 1 or wk < 1:
+            raise ValueError(
+                f"a {h}x{w} map is smaller than ksize={self.ksize} at ksize == stride (padding 0, "
+                "as in official DAT++): the key grid would be empty"
+            )
         if self.no_off:
-            hk, wk = (math.ceil(s / self.stride) for s in (h, w))
             ref = grid_2d(hk, wk, self.ref_points, True, q.device, q.dtype)
             ref = ref.expand(b * g, hk, wk, 2)
             return ref, ref
@@ -287,7 +329,7 @@ class DAttention(nn.Module):
     def _fixed_bias(self, h: int, w: int, hk: int, wk: int) -> torch.Tensor:
         """The nominal ``heads x HqWq x HkWk`` table, resized bilinearly to the run-time sizes."""
         hq, wq = self.feat_size
-        hk0, wk0 = (key_grid_size(s, self.ksize, self.stride) for s in (hq, wq))
+        hk0, wk0 = self.key_grid(hq, wq)
         t = self.rpe_table
         if (hk, wk) != (hk0, wk0):
             t = rearrange(t, "n q (hk wk) -> (n q) 1 hk wk", hk=hk0)

@@ -1,31 +1,28 @@
-"""DAT settings per pyramid level (official DAT++ style) and the blog's preset."""
+"""The two DAT presets (instances of ``DATSettings``) and the settings of one module at a level.
+
+``official`` is ``DATSettings()``: its sizing keys are ``auto``, which ``level_settings`` turns
+into DAT++'s per-level values. ``blog`` fixes the blog's dense settings. Both are also the Hydra
+options of the ``dat`` group (``config.register_configs``), so ``dat=blog`` composes to exactly
+the instance below.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
+
+from dat_exp.models.placements import LEVEL_STRIDES
+from dat_exp.nn.settings import AUTO, DAT_KEYS, PE, DATSettings, Preset, Wrap, as_dict, plain
 
 # Offset-network (ksize, stride) by feature stride: DAT++'s stages at a 640 input.
 LEVEL_OFFSET_NET = {8: (7, 4), 16: (5, 2), 32: (3, 1)}
-LEVEL_STRIDES = {"P3": 8, "P4": 16, "P5": 32}
 
-OFFICIAL: dict[str, Any] = {
-    "pe": "table",
-    "offset_range_factor": -1.0,
-    "no_off": False,
-    "ref_points": "datpp",
-    "wrap": "residual",
-}
-BLOG: dict[str, Any] = {
-    "stride": 1,
-    "ksize": 9,
-    "pe": "dwc",
-    "heads": 8,
-    "groups": 1,
-    "wrap": "bare",
-    "offset_range_factor": -1.0,
-    "no_off": False,
-    "ref_points": "datpp",
+PRESETS: dict[str, DATSettings] = {
+    Preset.official: DATSettings(),
+    Preset.blog: DATSettings(
+        preset=Preset.blog, pe=PE.dwc, stride=1, ksize=9, heads=8, groups=1, wrap=Wrap.bare
+    ),
 }
 
 
@@ -42,20 +39,47 @@ def default_groups(heads: int) -> int:
     return max((d for d in range(1, heads // 2 + 1) if heads % d == 0), default=1)
 
 
-def level_defaults(channels: int, feature_stride: int, imgsz: int) -> dict[str, Any]:
-    """Official-style settings for a module on a ``channels`` map at ``feature_stride``."""
-    if feature_stride not in LEVEL_OFFSET_NET:
-        raise ValueError(
-            f"feature stride {feature_stride} has no DAT defaults; "
-            f"valid: {sorted(LEVEL_OFFSET_NET)}"
-        )
+def preset_settings(name: Any) -> DATSettings:
+    if name not in PRESETS:
+        raise ValueError(f"dat.preset={plain(name)!r} is not one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def level_settings(
+    level: str,
+    channels: int | None,
+    imgsz: int,
+    dat: Mapping[str, Any] | DATSettings | None = None,
+) -> dict[str, Any]:
+    """The settings one DAT module at ``level`` is built with (DAttention's keyword arguments,
+    ``feat_size`` and ``wrap``), as plain values.
+
+    The level defaults come first (offset net from ``LEVEL_OFFSET_NET``, heads from
+    ``channels``, groups from those heads, ``feat_size = ceil(imgsz / level stride)``), then the
+    preset's own values, then every key of ``dat`` that is not ``auto``. ``channels=None``
+    (inside a block) leaves heads and groups to DAttention, which sizes them by the block's width.
+    """
+    if level not in LEVEL_STRIDES:
+        raise ValueError(f"level {level!r} has no DAT defaults; valid: {', '.join(LEVEL_STRIDES)}")
+    if isinstance(dat, DATSettings):
+        dat = as_dict(dat)
+    dat = dict(dat or {})
+    preset = preset_settings(dat.get("preset", Preset.official))
+    feature_stride = LEVEL_STRIDES[level]
     ksize, stride = LEVEL_OFFSET_NET[feature_stride]
-    heads = default_heads(channels)
-    return {
-        **OFFICIAL,
+    heads = default_heads(channels) if channels else None
+    settings: dict[str, Any] = {
+        **as_dict(DATSettings()),
         "feat_size": math.ceil(imgsz / feature_stride),
         "ksize": ksize,
         "stride": stride,
         "heads": heads,
-        "groups": default_groups(heads),
+        "groups": default_groups(heads) if heads else None,
     }
+    del settings["preset"]  # which preset, not how a module is built
+    for source in (as_dict(preset), dat):
+        for key in DAT_KEYS:
+            value = source.get(key, AUTO)
+            if key != "preset" and value is not None and value != AUTO:
+                settings[key] = plain(value)
+    return settings

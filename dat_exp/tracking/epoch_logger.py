@@ -13,13 +13,15 @@ from typing import Any
 
 from mlflow import MlflowClient
 
+from dat_exp.tracking import schema
 from dat_exp.tracking.store import log_metrics
 
+# Ultralytics' validation keys -> the registry's names
 VAL_KEYS = {
-    "metrics/precision(B)": "precision",
-    "metrics/recall(B)": "recall",
-    "metrics/mAP50(B)": "mAP50",
-    "metrics/mAP50-95(B)": "mAP50-95",
+    "metrics/precision(B)": schema.PRECISION,
+    "metrics/recall(B)": schema.RECALL,
+    "metrics/mAP50(B)": schema.MAP50,
+    "metrics/mAP50-95(B)": schema.MAP50_95,
 }
 
 
@@ -46,8 +48,8 @@ class EpochLogger:
             return
         self._in_loop = False
         self.epochs_done = trainer.epoch + 1
-        series = {f"val/{k}": v for k, v in metrics.items()}
-        series.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
+        series = {schema.val(k): v for k, v in metrics.items()}
+        series.update(trainer.label_loss_items(trainer.tloss, prefix=schema.TRAIN.rstrip("/")))
         log_metrics(self.client, self.run_id, series, step=self.epochs_done)
 
     def backfill(self, results_csv: Path, epochs_saved: int) -> list[int]:
@@ -57,7 +59,8 @@ class EpochLogger:
         epochs up to ``epochs_saved`` (the checkpoint's) count: later ones will train again."""
         if not results_csv.exists():
             return []
-        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val/mAP50")}
+        history = self.client.get_metric_history(self.run_id, schema.val(schema.MAP50))
+        logged = {m.step for m in history}
         filled = []
         with results_csv.open(newline="") as f:
             for row in csv.DictReader(f):
@@ -65,8 +68,10 @@ class EpochLogger:
                 epoch = int(float(row["epoch"]))
                 if epoch in logged or epoch > epochs_saved:
                     continue
-                series = {f"val/{name}": float(row[k]) for k, name in VAL_KEYS.items() if k in row}
-                series.update({k: float(v) for k, v in row.items() if k.startswith("train/")})
+                series = {
+                    schema.val(name): float(row[k]) for k, name in VAL_KEYS.items() if k in row
+                }
+                series.update({k: float(v) for k, v in row.items() if k.startswith(schema.TRAIN)})
                 log_metrics(self.client, self.run_id, series, step=epoch)
                 filled.append(epoch)
         return filled

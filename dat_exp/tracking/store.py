@@ -21,8 +21,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from dat_exp.env import runs_dir
+from dat_exp.tracking.schema import Tag, default_tracking_uri, search_tag
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # runs table, not GenAI
+EXPERIMENT_KIND = {Tag.EXPERIMENT_KIND: "custom_model_development"}  # runs table, not GenAI
 PARENT_ENV = "DAT_EXP_PARENT_RUN_ID"  # children started in other processes nest under it
 
 
@@ -33,7 +34,7 @@ HEARTBEAT_S = 60
 def tracking_uri(tracking: dict[str, Any]) -> str:
     if tracking.get("uri"):
         return str(tracking["uri"])
-    return f"sqlite:///{runs_dir() / 'mlflow.db'}"
+    return default_tracking_uri()
 
 
 def client_for(tracking: dict[str, Any]) -> RetryingClient:
@@ -120,7 +121,7 @@ def start_run(
 ) -> str:
     tags = dict(tags)
     if parent_id:
-        tags["mlflow.parentRunId"] = parent_id
+        tags[Tag.PARENT] = parent_id
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
 
@@ -161,7 +162,7 @@ def log_dataset(client: MlflowClient, run_id: str, name: str, digest: str, sourc
     from mlflow.entities import DatasetInput, InputTag
 
     dataset = MetaDataset(LocalArtifactDatasetSource(str(source)), name=name, digest=digest)
-    entry = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "train")])
+    entry = DatasetInput(dataset._to_mlflow_entity(), [InputTag(Tag.DATA_CONTEXT, "train")])
     client.log_inputs(run_id, datasets=[entry])
 
 
@@ -172,9 +173,9 @@ def parent_run_from_env() -> str | None:
 def owner_tags() -> dict[str, str]:
     """Who runs a run: recognised later if the process is gone."""
     return {
-        "dat_exp.host": socket.gethostname(),
-        "dat_exp.pid": str(os.getpid()),
-        "dat_exp.heartbeat": str(int(time.time())),
+        Tag.OWNER_HOST: socket.gethostname(),
+        Tag.OWNER_PID: str(os.getpid()),
+        Tag.HEARTBEAT: str(int(time.time())),
     }
 
 
@@ -185,7 +186,7 @@ def start_heartbeat(client: Any, run_id: str) -> threading.Event:
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
             with contextlib.suppress(Exception):  # a missed beat is not worth a job
-                client.set_tag(run_id, "dat_exp.heartbeat", str(int(time.time())))
+                client.set_tag(run_id, Tag.HEARTBEAT, str(int(time.time())))
 
     threading.Thread(target=beat, daemon=True, name=f"heartbeat-{run_id[:8]}").start()
     return stop
@@ -205,11 +206,11 @@ def is_stale(tags: dict[str, str], now: float | None = None) -> bool:
     """A RUNNING run whose owner is gone: its process is not alive on this host, or its
     heartbeat is older than ``STALE_AFTER_S``."""
     now = time.time() if now is None else now
-    pid = tags.get("dat_exp.pid", "")
-    same_host = tags.get("dat_exp.host") == socket.gethostname()
+    pid = tags.get(Tag.OWNER_PID, "")
+    same_host = tags.get(Tag.OWNER_HOST) == socket.gethostname()
     if same_host and pid.isdigit() and not _process_alive(int(pid)):
         return True
-    heartbeat = tags.get("dat_exp.heartbeat", "")
+    heartbeat = tags.get(Tag.HEARTBEAT, "")
     return heartbeat.isdigit() and now - int(heartbeat) > STALE_AFTER_S
 
 
@@ -217,7 +218,7 @@ def runs_of_config(client: Any, exp_id: str, config_hash: str, status: str) -> l
     """Runs of one config hash with one status, newest first."""
     return client.search_runs(
         [exp_id],
-        f"tags.`dat_exp.config_hash` = '{config_hash}' and attributes.status = '{status}'",
+        f"{search_tag(Tag.CONFIG_HASH)} = '{config_hash}' and attributes.status = '{status}'",
         order_by=["attributes.start_time DESC"],
     )
 
@@ -227,7 +228,7 @@ def mark_stale_runs_killed(client: Any, exp_id: str, config_hash: str) -> list[s
     killed = []
     for run in runs_of_config(client, exp_id, config_hash, "RUNNING"):
         if is_stale(run.data.tags):
-            client.set_tag(run.info.run_id, "dat_exp.error", "process gone (found RUNNING later)")
+            client.set_tag(run.info.run_id, Tag.ERROR, "process gone (found RUNNING later)")
             client.set_terminated(run.info.run_id, "KILLED")
             killed.append(run.info.run_id)
     return killed

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import DEFAULT_EXPERIMENT, Tag, search_tag
 from tests.runner.entry import CALIBRATED, run_entry
 
 ABSURD = 99.0  # a failed run's metric: any mean that includes it is visibly wrong
@@ -31,13 +33,13 @@ def add_failed_run(
     """A FAILED run of ``like``'s variant, logged as the runner logs one, with absurd metrics."""
     tags = {
         key: like.data.tags[key]
-        for key in ("dat_exp.variant_hash", "dat_exp.variant", "device_type", "device_name")
+        for key in (Tag.VARIANT_HASH, Tag.VARIANT, Tag.DEVICE_TYPE, Tag.DEVICE_NAME)
     }
     tags.update(
         {
-            "dat_exp.config_hash": config_hash,
-            "dat_exp.error": "RuntimeError: injected by the test",
-            "mlflow.parentRunId": parent,
+            Tag.CONFIG_HASH: config_hash,
+            Tag.ERROR: "RuntimeError: injected by the test",
+            Tag.PARENT: parent,
         }
     )
     run_id = client.create_run(
@@ -45,7 +47,7 @@ def add_failed_run(
     ).info.run_id
     for key, value in {**like.data.params, "seed": seed}.items():
         client.log_param(run_id, key, value)
-    client.log_metric(run_id, "mAP50-95", ABSURD)
+    client.log_metric(run_id, schema.MAP50_95, ABSURD)
     client.set_terminated(run_id, "FAILED")
     return run_id
 
@@ -58,11 +60,11 @@ def sweep_store(tmp_path_factory) -> SweepStore:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     uri = f"sqlite:///{work / 'runs' / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("dat-exp").experiment_id
-    parents = client.search_runs([exp], "tags.`dat_exp.sweep` = 'true'")
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
+    parents = client.search_runs([exp], f"{search_tag(Tag.SWEEP)} = 'true'")
     assert len(parents) == 1, f"the sweep logged {len(parents)} parent runs:\n{out.stderr[-3000:]}"
     sweep = parents[0].info.run_id
-    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{sweep}'")
+    children = client.search_runs([exp], f"{search_tag(Tag.PARENT)} = '{sweep}'")
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     sppf = next(r for r in children if r.data.params["placement"] == "sppf")
     failed = add_failed_run(client, sppf, sweep, "2", "f" * 12, int(time.time() * 1000))
@@ -71,7 +73,7 @@ def sweep_store(tmp_path_factory) -> SweepStore:
         sppf,
         sweep,
         sppf.data.params["seed"],
-        sppf.data.tags["dat_exp.config_hash"],
+        sppf.data.tags[Tag.CONFIG_HASH],
         sppf.info.start_time - 60_000,  # failed a minute before the same config finished
     )
     finished = {r.info.run_id: r.data.params["placement"] for r in children}

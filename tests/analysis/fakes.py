@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from dat_exp.tracking import schema
+
 BASE = {"model": "yolov8n", "data": "synthetic", "train": "smoke", "device_type": "cpu"}
 
 
@@ -57,13 +59,13 @@ def grid_sweep(seeds: int = 3) -> pd.DataFrame:
 def _metrics(rng: np.random.Generator, map_: float, gflops: float, extra_ms: float) -> dict:
     value = map_ + rng.normal(0, 0.005)
     return {
-        "mAP50-95": value,
-        "mAP50": value + 0.2,
-        "precision": value + 0.1,
-        "recall": value + 0.05,
-        "gflops": gflops,
-        "params": 3.2e6,
-        "latency_ms": 20 + extra_ms + rng.normal(0, 0.3),
+        schema.MAP50_95: value,
+        schema.MAP50: value + 0.2,
+        schema.PRECISION: value + 0.1,
+        schema.RECALL: value + 0.05,
+        schema.GFLOPS: gflops,
+        schema.PARAMS: 3.2e6,
+        schema.LATENCY_MS: 20 + extra_ms + rng.normal(0, 0.3),
     }
 
 
@@ -71,7 +73,7 @@ def history(runs: pd.DataFrame, epochs: int = 5) -> pd.DataFrame:
     """A rising val curve per run, ending at the run's final mAP50-95."""
     keys = ["run_id", "variant_hash", "variant", "seed"]
     rows = [
-        {**r[keys].to_dict(), "step": e, "value": r["mAP50-95"] * e / epochs}
+        {**r[keys].to_dict(), "step": e, "value": r[schema.MAP50_95] * e / epochs}
         for _, r in runs.iterrows()
         for e in range(1, epochs + 1)
     ]

@@ -9,6 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from dat_exp.analysis import analyse, load_runs
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import DEFAULT_EXPERIMENT
 from tests.analysis.cli import network_attempts, run_report
 from tests.analysis.conftest import ABSURD
 from tests.analysis.test_plots import assert_real_png
@@ -31,14 +33,14 @@ COLUMNS = {
     "data",
     "train",
     "device_type",
-    "mAP50",
-    "mAP50-95",
-    "precision",
-    "recall",
-    "gflops",
-    "params",
-    "latency_ms",
-    "train_time_s",
+    schema.MAP50,
+    schema.MAP50_95,
+    schema.PRECISION,
+    schema.RECALL,
+    schema.GFLOPS,
+    schema.PARAMS,
+    schema.LATENCY_MS,
+    schema.TRAIN_TIME_S,
 }
 
 
@@ -54,7 +56,7 @@ def test_one_row_per_finished_run(runset, sweep_store):
     assert set(runs["status"]) == {"FINISHED"} and sweep_store.sweep_id not in set(runs["run_id"])
     assert sorted(runs["seed"]) == [0, 0, 1, 1]
     assert dict(zip(runs["placement"], runs["levels"], strict=True)) == {"none": "", "sppf": "P5"}
-    assert not runs["mAP50-95"].isna().any()
+    assert not runs[schema.MAP50_95].isna().any()
     assert not any("/" in c for c in runs.columns), "per-epoch series are not final metrics"
 
 
@@ -72,9 +74,9 @@ def test_aggregate_over_two_seeds_without_the_failures(runset):
     v = result.variants.set_index("placement")
     assert v["n"].tolist() == [2, 2]
     for placement, row in v.iterrows():
-        values = runset.runs.loc[runset.runs["placement"] == placement, "mAP50-95"]
-        assert row["mAP50-95_mean"] == pytest.approx(values.mean())
-        assert row["mAP50-95_mean"] < ABSURD / 10
+        values = runset.runs.loc[runset.runs["placement"] == placement, schema.MAP50_95]
+        assert row[f"{schema.MAP50_95}_mean"] == pytest.approx(values.mean())
+        assert row[f"{schema.MAP50_95}_mean"] < ABSURD / 10
     assert v.loc["none", "verdict"] == "baseline"
     assert v.loc["sppf", "baseline_variant"] == "none"
     assert v.loc["sppf", "baseline_match"] == "same config"
@@ -83,12 +85,12 @@ def test_aggregate_over_two_seeds_without_the_failures(runset):
 
 
 def test_experiment_holds_the_same_runs(sweep_store, runset):
-    everything = load_runs("dat-exp", tracking_uri=sweep_store.uri)
+    everything = load_runs(DEFAULT_EXPERIMENT, tracking_uri=sweep_store.uri)
     assert sorted(everything.runs["run_id"]) == sorted(runset.runs["run_id"])
 
 
 def identical_seeds(runs) -> bool:
-    quality = ["mAP50-95", "mAP50", "precision", "recall"]
+    quality = [schema.MAP50_95, schema.MAP50, schema.PRECISION, schema.RECALL]
     return any(g[quality].nunique().max() == 1 for _, g in runs.groupby("variant_hash"))
 
 
@@ -129,4 +131,4 @@ def test_the_test_configuration_is_calibrated(sweep_store):
     """The analysis runs on real learning, not on zeros: every run of the sweep has learned."""
     client = MlflowClient(sweep_store.uri)
     for run_id in sweep_store.finished:
-        assert client.get_run(run_id).data.metrics["mAP50"] >= 0.1
+        assert client.get_run(run_id).data.metrics[schema.MAP50] >= 0.1

@@ -17,6 +17,7 @@ from dat_exp.analysis.plots import (
 )
 from dat_exp.analysis.sampling import record_positions, sampling_figure, to_pixels
 from dat_exp.analysis.stats import aggregate
+from dat_exp.tracking import schema
 from tests.analysis.fakes import grid_sweep, history
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -44,7 +45,7 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_mask(cost, quality).tolist() == [True, True, False, False, True]
 
 
-@pytest.mark.parametrize("x", ["gflops", "latency_ms"])
+@pytest.mark.parametrize("x", [schema.GFLOPS, schema.LATENCY_MS])
 def test_tradeoff_plots(variants, tmp_path, x):
     two_devices = variants.copy()
     two_devices.loc[two_devices.index[:2], "device_type"] = "cuda"

@@ -7,6 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from dat_exp.report import main
+from dat_exp.tracking.schema import Tag
 from tests.analysis.cli import assert_clean_error, network_attempts, run_report
 
 
@@ -19,7 +20,7 @@ def store(tmp_path):
     client = MlflowClient(uri)
     client.create_experiment("empty", artifact_location=(tmp_path / "art").as_uri())
     exp = client.create_experiment("broken", artifact_location=(tmp_path / "art2").as_uri())
-    tags = {"dat_exp.variant_hash": "v1", "dat_exp.config_hash": "c1", "dat_exp.error": "boom"}
+    tags = {Tag.VARIANT_HASH: "v1", Tag.CONFIG_HASH: "c1", Tag.ERROR: "boom"}
     run = client.create_run(exp, tags=tags).info.run_id
     client.set_terminated(run, "FAILED")
     return work, uri

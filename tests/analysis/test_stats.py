@@ -15,6 +15,7 @@ from dat_exp.analysis.stats import (
     t_quantile,
     welch_interval,
 )
+from dat_exp.tracking import schema
 from tests.analysis.fakes import frame, run
 
 T_975_DF3 = 3.182446305284263  # Student-t tables
@@ -76,17 +77,19 @@ def test_paired_t_test_closed_form_df2():
 
 # -- per variant ---------------------------------------------------------------------------------
 def two_variants():
-    rows = [run("none", s, "none", **{"mAP50-95": v}) for s, v in enumerate([0.40, 0.42, 0.41])]
-    rows += [run("sppf", s, **{"mAP50-95": v}) for s, v in enumerate([0.50, 0.53, 0.52])]
+    rows = [
+        run("none", s, "none", **{schema.MAP50_95: v}) for s, v in enumerate([0.40, 0.42, 0.41])
+    ]
+    rows += [run("sppf", s, **{schema.MAP50_95: v}) for s, v in enumerate([0.50, 0.53, 0.52])]
     return frame(rows)
 
 
 def test_aggregate_per_variant():
     agg = aggregate(two_variants()).set_index("variant")
     assert agg.loc["none", "n"] == 3 and agg.loc["none", "seeds"] == "0,1,2"
-    assert agg.loc["sppf", "mAP50-95_mean"] == pytest.approx(0.5166666, rel=1e-6)
+    assert agg.loc["sppf", f"{schema.MAP50_95}_mean"] == pytest.approx(0.5166666, rel=1e-6)
     s = summarise([0.50, 0.53, 0.52])
-    assert agg.loc["sppf", "mAP50-95_low"] == pytest.approx(s.low)
+    assert agg.loc["sppf", f"{schema.MAP50_95}_low"] == pytest.approx(s.low)
 
 
 def compared(runs, pool=None, config_of=lambda run_id: None):
@@ -108,12 +111,12 @@ def test_compare_verdicts_and_paired_test():
 
 
 def test_overlapping_single_and_orphan_variants():
-    rows = [run("none", s, "none", **{"mAP50-95": v}) for s, v in enumerate([0.40, 0.45])]
-    rows += [run("noisy", s, **{"mAP50-95": v}) for s, v in enumerate([0.38, 0.48])]
-    rows += [run("once", 0, **{"mAP50-95": 0.9})]
+    rows = [run("none", s, "none", **{schema.MAP50_95: v}) for s, v in enumerate([0.40, 0.45])]
+    rows += [run("noisy", s, **{schema.MAP50_95: v}) for s, v in enumerate([0.38, 0.48])]
+    rows += [run("once", 0, **{schema.MAP50_95: 0.9})]
     rows += [
-        run("other-model", 0, model="yolov8s", **{"mAP50-95": 0.5}),
-        run("other-model", 1, model="yolov8s", **{"mAP50-95": 0.6}),
+        run("other-model", 0, model="yolov8s", **{schema.MAP50_95: 0.5}),
+        run("other-model", 1, model="yolov8s", **{schema.MAP50_95: 0.6}),
     ]
     out = compared(frame(rows))
     assert out.loc["noisy", "verdict"] == "not distinguishable"
@@ -140,9 +143,11 @@ def test_exact_config_picks_the_baseline_with_the_same_settings():
         "train": {"name": "smoke", "epochs": 2},
     }
     right = baseline_hash_of(cfg)
-    rows = [run("none-2ep", s, "none", variant_hash=right, **{"mAP50-95": 0.1}) for s in (0, 1)]
-    rows += [run("none-12ep", s, "none", **{"mAP50-95": 0.4}) for s in (0, 1, 2)]
-    rows += [run("sppf", s, **{"mAP50-95": 0.12}) for s in (0, 1)]
+    rows = [
+        run("none-2ep", s, "none", variant_hash=right, **{schema.MAP50_95: 0.1}) for s in (0, 1)
+    ]
+    rows += [run("none-12ep", s, "none", **{schema.MAP50_95: 0.4}) for s in (0, 1, 2)]
+    rows += [run("sppf", s, **{schema.MAP50_95: 0.12}) for s in (0, 1)]
     out = compared(frame(rows), config_of=lambda run_id: cfg)
     assert out.loc["sppf", "baseline_variant"] == "none-2ep"
     assert out.loc["sppf", "baseline_match"] == "same config"
@@ -152,8 +157,8 @@ def test_exact_config_picks_the_baseline_with_the_same_settings():
 
 
 def test_identical_metrics_across_seeds_are_reported():
-    rows = [run("det", s, **{"mAP50-95": 0.3, "mAP50": 0.5}) for s in (0, 1)]
-    rows += [run("fine", s, **{"mAP50-95": 0.3 + s / 100, "mAP50": 0.5}) for s in (0, 1)]
+    rows = [run("det", s, **{schema.MAP50_95: 0.3, schema.MAP50: 0.5}) for s in (0, 1)]
+    rows += [run("fine", s, **{schema.MAP50_95: 0.3 + s / 100, schema.MAP50: 0.5}) for s in (0, 1)]
     lines = identical_seed_warnings(frame(rows))
     assert len(lines) == 1
     assert lines[0].startswith("WARNING") and "det" in lines[0] and "seeds 0, 1" in lines[0]

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import Tag
 from tests.nn.test_fast_path import PES, SIZE, pair, rel_err, sdpa_calls
 from tests.runner.entry import TINY, local_runs, run_entry
 
@@ -59,7 +61,10 @@ def test_a_neck_job_trains_on_cuda_and_validates_in_half(workdir):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (run,) = local_runs(workdir)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["device_type"] == "cuda"
+    assert run.data.tags[Tag.DEVICE_TYPE] == "cuda"
     metrics = run.data.metrics
-    assert metrics["peak_mem_mb"] > 0 and metrics["latency_ms"] > 0
-    assert all(math.isfinite(metrics[k]) for k in ("mAP50", "mAP50-95", "precision", "recall"))
+    assert metrics[schema.PEAK_MEM_MB] > 0 and metrics[schema.LATENCY_MS] > 0
+    assert all(
+        math.isfinite(metrics[k])
+        for k in (schema.MAP50, schema.MAP50_95, schema.PRECISION, schema.RECALL)
+    )

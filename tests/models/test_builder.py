@@ -14,7 +14,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 
 from dat_exp.metrics.flops import exact_gflops
-from dat_exp.models.builder import build, stock_yaml
+from dat_exp.models.builder import build, dat_channels, stock_yaml
 from dat_exp.models.placements import PLACEMENTS
 from dat_exp.models.transfer import transfer_pretrained
 from dat_exp.nn import DATBlock, DAttention
@@ -74,6 +74,10 @@ def test_every_placement_builds_runs_and_trains(case, tmp_path):
     model = built.model
     assert n_dat(model) == len(expected_levels(model_name, placement, levels))
     assert [m.level for m in built.modules] == expected_levels(model_name, placement, levels)
+    if placement != "none":  # the channels validate.check_dat checks heads and groups against
+        assert {m.level: m.channels for m in built.modules} == dat_channels(
+            model_name, placement, levels
+        )
     model.eval()
     for h, w in [(64, 64), (320, 256)]:
         with torch.no_grad():
@@ -253,7 +257,7 @@ def test_exact_gflops_include_the_attention(tmp_path):
         ({"placement": "sppf", "levels": ["P3"]}, "placement=sppf has no level P3; it has P5"),
         ({"model": "yolov9n"}, "model='yolov9n' is not one of yolov8n"),
         ({"model": "yolov8q"}, "base yolov8 has no scale 'q'; it has n, s, m, l, x"),
-        ({"dat": {"preset": "paper"}}, "dat preset 'paper' is not one of official, blog"),
+        ({"dat": {"preset": "paper"}}, "dat.preset='paper' is not one of official, blog"),
         ({"placement": "neck", "dat": {"heads": 3}}, "heads=3 must divide channels=64"),
     ],
 )

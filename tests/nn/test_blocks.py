@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dat_exp.nn import BLOG, DATBlock
-from dat_exp.nn.presets import default_groups, default_heads, level_defaults
+from dat_exp.nn import DATBlock
+from dat_exp.nn.presets import PRESETS, default_groups, default_heads, level_settings
 
 
 def test_residual_block_starts_close_to_identity_and_bare_replaces():
@@ -33,7 +33,7 @@ def test_bad_block_settings(settings, fragment):
 
 
 def test_level_defaults_follow_dat_plus_plus():
-    p3, p4, p5 = (level_defaults(c, s, 640) for c, s in [(64, 8), (128, 16), (256, 32)])
+    p3, p4, p5 = (level_settings(lv, c, 640) for lv, c in [("P3", 64), ("P4", 128), ("P5", 256)])
     assert (p3["ksize"], p3["stride"], p3["feat_size"], p3["heads"], p3["groups"]) == (
         7,
         4,
@@ -56,8 +56,8 @@ def test_level_defaults_follow_dat_plus_plus():
         4,
     )
     assert p5["pe"] == "table" and p5["wrap"] == "residual" and p5["offset_range_factor"] == -1
-    with pytest.raises(ValueError, match="feature stride 4"):
-        level_defaults(64, 4, 640)
+    with pytest.raises(ValueError, match="level 'P2' has no DAT defaults; valid: P3, P4, P5"):
+        level_settings("P2", 64, 640)
 
 
 def test_default_heads_and_groups():
@@ -66,7 +66,9 @@ def test_default_heads_and_groups():
 
 
 def test_blog_preset():
-    assert BLOG == {
+    blog = level_settings("P4", 128, 640, PRESETS["blog"])
+    assert blog == {
+        "feat_size": 40,
         "stride": 1,
         "ksize": 9,
         "pe": "dwc",
@@ -76,6 +78,7 @@ def test_blog_preset():
         "offset_range_factor": -1.0,
         "no_off": False,
         "ref_points": "datpp",
+        "impl": "auto",
     }
-    block = DATBlock(128, BLOG, feat_size=40)
+    block = DATBlock(128, blog)
     assert block.attn.heads == 8 and block.attn.head_dim == 16 and block.wrap == "bare"

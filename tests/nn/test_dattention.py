@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dat_exp.nn import DAttention
-from dat_exp.nn.presets import LEVEL_STRIDES, level_defaults
+from dat_exp.nn.presets import level_settings
 
 PES = ["table", "dwc", "log_cpb", "fixed", "none"]
 FACTORS = [-1.0, 0.0, 2.0]
@@ -62,7 +62,7 @@ def test_every_mode_every_size(pe, no_off, s, conv, dtype):
 @pytest.mark.parametrize("pe", PES)
 @pytest.mark.parametrize("level,side,channels", [("P4", 40, 128), ("P3", 80, 64)])
 def test_large_maps_at_level_default(pe, level, side, channels):
-    opts = level_defaults(channels, LEVEL_STRIDES[level], 640)
+    opts = level_settings(level, channels, 640)
     opts.pop("wrap")
     m = DAttention(channels, **{**opts, "pe": pe})
     x = torch.randn(1, channels, side, side)
@@ -97,6 +97,12 @@ def ref_axis(n: int, conv: str, centred: bool) -> torch.Tensor:
     return base.double() / max(n - 1, 1) * 2 - 1
 
 
+def spec_padding(ksize: int, stride: int, conv: str) -> int:
+    """The offset conv's padding as the spec states it: DAT++ pads 0 when ksize == stride,
+    ksize // 2 otherwise; the v1 release always pads ksize // 2."""
+    return 0 if conv == "datpp" and ksize == stride else ksize // 2
+
+
 def conv1x1(layer, x):
     return F.conv2d(x, layer.weight, layer.bias)
 
@@ -113,7 +119,8 @@ def reference_forward(m: DAttention, x: torch.Tensor, s: float, conv: str, pe: s
         positions, xs = [], torch.full((c, 0), float("nan"), dtype=x.dtype)
         for gi in range(g):  # each group samples its own channels at its own positions
             qg = q[bi : bi + 1, gi * gc : (gi + 1) * gc]
-            t = F.conv2d(qg, dw.weight, dw.bias, m.stride, m.ksize // 2, groups=gc)
+            pad = spec_padding(m.ksize, m.stride, conv)
+            t = F.conv2d(qg, dw.weight, dw.bias, m.stride, pad, groups=gc)
             t = F.layer_norm(t.permute(0, 2, 3, 1), (gc,), ln.weight, ln.bias, ln.eps)
             off = F.conv2d(F.gelu(t.permute(0, 3, 1, 2)), pw.weight)[0].permute(1, 2, 0)
             hk, wk = off.shape[:2]
@@ -195,10 +202,12 @@ def test_matches_independent_reference(pe, conv, s, impl):
     assert rel_err(got, expected) < 1e-6
 
 
-def pooled_mean(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Each stride x stride window averages the pixels it covers (windows run past the edge)."""
+def pooled_mean(x: torch.Tensor, stride: int, ceil: bool = True) -> torch.Tensor:
+    """Each stride x stride window averages the pixels it covers (``ceil``: windows run past the
+    edge; otherwise the pixels past the last whole window are dropped)."""
     b, c, h, w = x.shape
-    hk, wk = math.ceil(h / stride), math.ceil(w / stride)
+    rounding = math.ceil if ceil else math.floor
+    hk, wk = rounding(h / stride), rounding(w / stride)
     out = torch.full((b, c, hk, wk), float("nan"), dtype=x.dtype)
     for i, j in itertools.product(range(hk), range(wk)):
         win = x[:, :, i * stride : (i + 1) * stride, j * stride : (j + 1) * stride]
@@ -206,13 +215,18 @@ def pooled_mean(x: torch.Tensor, stride: int) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("size,stride", [((7, 5), 2), ((9, 7), 3), ((8, 8), 2), ((5, 5), 1)])
+@pytest.mark.parametrize(
+    "size,stride,ksize",
+    [((7, 5), 2, 3), ((9, 7), 3, 3), ((10, 14), 3, 3), ((8, 8), 2, 3), ((5, 5), 1, 3)],
+)
 @pytest.mark.parametrize("conv", CONVENTIONS)
-def test_no_off_is_attention_over_the_pooled_map(size, stride, conv):
-    m = randomise(make(c=16, heads=4, groups=2, stride=stride, no_off=True, ref_points=conv))
-    m = m.double().eval()
+def test_no_off_is_attention_over_the_pooled_map(size, stride, ksize, conv):
+    """The pooled grid is the key grid: ceil(H/stride) with padding ksize//2, floor(H/stride)
+    with DAT++'s padding 0 at ksize == stride (the official avg_pool2d, no ceil_mode)."""
+    m = make(c=16, heads=4, groups=2, stride=stride, ksize=ksize, no_off=True, ref_points=conv)
+    m = randomise(m).double().eval()
     x = torch.randn(1, 16, *size, dtype=torch.float64)
-    kv = pooled_mean(x, stride)
+    kv = pooled_mean(x, stride, ceil=not (conv == "datpp" and ksize == stride))
     q = conv1x1(m.proj_q, x).reshape(4, 4, -1)
     k = conv1x1(m.proj_k, kv).reshape(4, 4, -1)
     v = conv1x1(m.proj_v, kv).reshape(4, 4, -1)

@@ -60,7 +60,9 @@ def build(name: str, iterations: float) -> tuple[torch.optim.Optimizer, nn.Modul
 def test_position_biases_get_no_weight_decay(name, iterations):
     opt, model, plain_groups = build(name, iterations)
     biases = {id(p) for p in position_bias_parameters(model)}
-    assert len(biases) == 1 + 1 + 4  # table, fixed, and the log_cpb MLP's weights and biases
+    # table, fixed, and the log_cpb MLP's two weights and one bias (its last Linear has no
+    # bias, as in official DAT)
+    assert len(biases) == 1 + 1 + 3
     seen: dict[int, int] = {}
     for group in opt.param_groups:
         for p in group["params"]:

@@ -10,6 +10,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from dat_exp.tracking.schema import DEFAULT_EXPERIMENT
+
 NETGUARD = Path(__file__).resolve().parent.parent / "netguard"
 
 # A tiny synthetic dataset and a short smoke training: seconds per job on a CPU.
@@ -108,5 +110,5 @@ def local_runs(cwd: Path, order_by: list[str] | None = None) -> list[Run]:
     would then build the schema while the entry point does (the entry point's lock is its own).
     """
     client = local_store(cwd)
-    exp = client.get_experiment_by_name("dat-exp")
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
     return [] if exp is None else client.search_runs([exp.experiment_id], order_by=order_by)

@@ -35,7 +35,8 @@ CASES = [
     (["model=yolov9n"], ["model/yolov9n", "yolov8n"]),
     (["data=imagenet"], ["data/imagenet", "synthetic"]),
     (["dat=paper"], ["dat/paper", "official", "blog"]),
-    (["placement=neck", "dat.pe=rope"], ["pe='rope'", "table, dwc, log_cpb, fixed, none"]),
+    (["placement=neck", "dat.pe=rope"], ["'rope'", "dat.pe", "table, dwc, log_cpb, fixed, none"]),
+    (["dat.pe=banana"], ["'banana'", "dat.pe", "table, dwc, log_cpb, fixed, none"]),
     (["dat.no_off=maybe"], ["maybe", "no_off"]),
     (["dat.offset_range_factor=abc"], ["abc", "offset_range_factor"]),
     (["seed=abc"], ["abc", "seed"]),
@@ -43,13 +44,19 @@ CASES = [
     (["train.batch=0"], ["train.batch=0", "at least 1"]),
     (["train.imgsz=100"], ["train.imgsz=100", "multiple of 32"]),
     (["train.optimizer=Lion"], ["Lion", "AdamW"]),
-    (["placement=neck", "dat.heads=3"], ["heads=3", "must divide channels=64"]),
-    (["placement=neck", "dat.groups=3"], ["groups=3", "must divide heads"]),
+    (["placement=neck", "dat.heads=3"], ["dat.heads=3", "must divide channels=64 at P3"]),
+    (["placement=neck", "dat.groups=3"], ["dat.groups=3", "must divide heads=2 at P3"]),
+    (["dat.heads=7"], ["dat.heads=7", "no level of yolov8n", "valid: 1, 2, 4"]),
+    (["dat.offset_range_factor=nan"], ["dat.offset_range_factor=nan", "finite"]),
+    (["placement=neck", "dat.offset_range_factor=nan"], ["dat.offset_range_factor=nan", "finite"]),
+    (["dat.groups=3"], ["dat.groups=3", "no level of yolov8n", "valid: 1, 2, 4"]),
+    (["dat.ksize=4"], ["dat.ksize=4", "odd positive integer"]),
+    (["reuse=sometimes"], ["reuse=sometimes", "same_code, any"]),
     (["placement=neck", "dat.ksize=4"], ["ksize=4", "odd"]),
     (["placement=neck", "dat.stride=0"], ["dat.stride=0", "integer >= 1"]),
-    (["placement=neck", "dat.wrap=sandwich"], ["wrap='sandwich'", "residual, bare"]),
-    (["placement=neck", "dat.ref_points=v3"], ["ref_points='v3'", "datpp, v1"]),
-    (["placement=neck", "dat.impl=triton"], ["impl='triton'", "auto, fast, reference"]),
+    (["placement=neck", "dat.wrap=sandwich"], ["'sandwich'", "dat.wrap", "residual, bare"]),
+    (["placement=neck", "dat.ref_points=v3"], ["'v3'", "dat.ref_points", "datpp, v1"]),
+    (["placement=neck", "dat.impl=triton"], ["'triton'", "dat.impl", "auto, fast, reference"]),
     (["placement=neck", "placement.levels=[P9]"], ["'P9'", "P3, P4, P5"]),
     (["placement=sppf", "placement.levels=[P3]"], ["sppf has no level P3", "P5"]),
     (["data.classes=99"], ["classes=99"]),
@@ -113,7 +120,7 @@ def test_bad_inputs_fail_fast_and_clearly(tmp_path):
         if db.exists():
             client = MlflowClient(f"sqlite:///{db}")
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        if out.returncode == 0 or missing or "Traceback" in text or runs or seconds > 60:
+        if out.returncode != 2 or missing or "Traceback" in text or runs or seconds > 60:
             problems.append(
                 f"{overrides}: rc={out.returncode} missing={missing} runs={len(runs)} "
                 f"{seconds:.0f}s\n{text[-800:]}"

@@ -6,28 +6,30 @@ import re
 
 import pytest
 
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import DEFAULT_EXPERIMENT, Tag
 from tests.runner.entry import TINY, local_runs, local_store, network_attempts, run_entry
 
 FINAL_METRICS = {
-    "mAP50",
-    "mAP50-95",
-    "precision",
-    "recall",
-    "gflops",
-    "gflops_ultralytics",
-    "params",
-    "latency_ms",
-    "latency_p90_ms",
-    "train_time_s",
+    schema.MAP50,
+    schema.MAP50_95,
+    schema.PRECISION,
+    schema.RECALL,
+    schema.GFLOPS,
+    schema.GFLOPS_ULTRALYTICS,
+    schema.PARAMS,
+    schema.LATENCY_MS,
+    schema.LATENCY_P90_MS,
+    schema.TRAIN_TIME_S,
 }
 SERIES = {
-    "train/box_loss",
-    "train/cls_loss",
-    "train/dfl_loss",
-    "val/mAP50",
-    "val/mAP50-95",
-    "val/precision",
-    "val/recall",
+    schema.TRAIN + "box_loss",  # Ultralytics' loss names
+    schema.TRAIN + "cls_loss",
+    schema.TRAIN + "dfl_loss",
+    schema.val(schema.MAP50),
+    schema.val(schema.MAP50_95),
+    schema.val(schema.PRECISION),
+    schema.val(schema.RECALL),
 }
 PARAMS = {
     "placement",
@@ -62,13 +64,13 @@ def test_two_job_sweep_logs_everything(workdir):
     out = run_entry(workdir, "-m", "placement=none,sppf", *TINY)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = local_store(workdir)
-    exp = client.get_experiment_by_name("dat-exp")
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    assert exp.tags[Tag.EXPERIMENT_KIND] == "custom_model_development"
     assert exp.artifact_location.startswith((workdir / "runs").as_uri())
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 3, "one parent and two children, no run of Ultralytics' own"
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    parents = [r for r in runs if Tag.PARENT not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get(Tag.PARENT) == parents[0].info.run_id]
     assert len(parents) == 1 and len(children) == 2
     by_placement = {r.data.params["placement"]: r for r in children}
     assert set(by_placement) == {"none", "sppf"}
@@ -77,12 +79,12 @@ def test_two_job_sweep_logs_everything(workdir):
         assert FINAL_METRICS <= set(run.data.metrics), FINAL_METRICS - set(run.data.metrics)
         assert PARAMS <= set(run.data.params), PARAMS - set(run.data.params)
         assert {
-            "dat_exp.config_hash",
-            "dat_exp.variant_hash",
-            "dat_exp.git_commit",
-            "torch_version",
-            "ultralytics_version",
-            "device_name",
+            Tag.CONFIG_HASH,
+            Tag.VARIANT_HASH,
+            Tag.GIT_COMMIT,
+            Tag.TORCH_VERSION,
+            Tag.ULTRALYTICS_VERSION,
+            Tag.DEVICE_NAME,
         } <= set(run.data.tags)
         for key in SERIES:
             history = client.get_metric_history(run.info.run_id, key)
@@ -99,7 +101,7 @@ def test_two_job_sweep_logs_everything(workdir):
         assert run.inputs.dataset_inputs[0].dataset.name == "synthetic"
     sppf = by_placement["sppf"]
     assert MODULE_PARAMS <= set(sppf.data.params)
-    g_none, g_sppf = (by_placement[p].data.metrics["gflops"] for p in ("none", "sppf"))
+    g_none, g_sppf = (by_placement[p].data.metrics[schema.GFLOPS] for p in ("none", "sppf"))
     assert 0 < g_none < g_sppf
     assert re.search(r"\bnone\b.*FINISHED", out.stdout) and re.search(
         r"sppf\[P5\].*FINISHED", out.stdout

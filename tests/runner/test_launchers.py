@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from dat_exp import validate
+from dat_exp.tracking.schema import Tag
 from dat_exp.validate import InvalidJob, check_plugins
 from tests.runner.entry import TINY, entry_env, local_runs, run_entry, start_entry
 from tests.tracking.mlflow_server import free_port, mlflow_server
@@ -34,14 +35,14 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(workdir):
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     runs = local_runs(workdir)
-    parents = [r for r in runs if r.data.tags.get("dat_exp.sweep") == "true"]
+    parents = [r for r in runs if r.data.tags.get(Tag.SWEEP) == "true"]
     assert len(parents) == 1, "the parent run is created once"
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    kids = [r for r in runs if r.data.tags.get(Tag.PARENT) == parents[0].info.run_id]
     assert sorted(r.data.params["placement"] for r in kids) == ["none", "sppf"], (
         "the repeated placement=none job runs once, even in another process"
     )
     assert {r.info.status for r in kids} == {"FINISHED"}
-    pids = {r.data.tags["dat_exp.pid"] for r in kids}
+    pids = {r.data.tags[Tag.OWNER_PID] for r in kids}
     assert len(pids) == 2, "each job ran in a worker process of its own"
     assert out.stdout.count("FINISHED") == 2
 
@@ -115,13 +116,13 @@ def test_joblib_and_ray_sweeps_at_once_log_to_one_tracking_server(workdir, tmp_p
             assert proc.returncode == 0, out[-3000:]
         client = MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("scale").experiment_id])
-    parents = {r.info.run_id: r for r in runs if r.data.tags.get("dat_exp.sweep") == "true"}
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get(Tag.SWEEP) == "true"}
     assert len(parents) == 2 and {p.info.status for p in parents.values()} == {"FINISHED"}
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in parents]
+    kids = [r for r in runs if r.data.tags.get(Tag.PARENT) in parents]
     assert len(kids) == 6 == len(runs) - 2, "every job nested under its sweep's parent"
     assert {r.info.status for r in kids} == {"FINISHED"}
     by_parent = sorted(
-        sorted(r.data.params["placement"] for r in kids if r.data.tags["mlflow.parentRunId"] == p)
+        sorted(r.data.params["placement"] for r in kids if r.data.tags[Tag.PARENT] == p)
         for p in parents
     )
     assert by_parent == [["head", "neck"], ["none", "none", "sppf", "sppf"]]

@@ -7,12 +7,14 @@ import time
 
 import pytest
 
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import Tag
 from tests.runner.entry import TINY, local_runs, local_store, run_entry, start_entry
 
 
 def children(workdir) -> list:
     runs = local_runs(workdir, order_by=["attributes.start_time ASC"])
-    return [r for r in runs if "dat_exp.sweep" not in r.data.tags]
+    return [r for r in runs if Tag.SWEEP not in r.data.tags]
 
 
 def wait_for(predicate, timeout: float = 300) -> None:
@@ -34,12 +36,12 @@ def test_the_middle_job_fails_and_the_sweep_goes_on(workdir):
     runs = children(workdir)
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED"]
     failed = runs[1]
-    assert failed.data.tags["dat_exp.error"].startswith("FaultInjected: fault=raise")
+    assert failed.data.tags[Tag.ERROR].startswith("FaultInjected: fault=raise")
     artifacts = {a.path for a in local_store(workdir).list_artifacts(failed.info.run_id)}
     assert "traceback.txt" in artifacts
     table = out.stdout[out.stdout.index(" job ") :]
     assert table.count("FINISHED") == 2 and "FAILED FaultInjected" in table
-    parent = [r for r in local_runs(workdir) if "dat_exp.sweep" in r.data.tags]
+    parent = [r for r in local_runs(workdir) if Tag.SWEEP in r.data.tags]
     assert parent[0].info.status == "FAILED"
 
 
@@ -49,8 +51,8 @@ def test_divergence_stops_the_job_with_its_epoch(workdir):
     assert out.returncode == 1
     (run,) = children(workdir)
     assert run.info.status == "FAILED"
-    assert run.data.tags["dat_exp.error"].startswith("Diverged: non-finite training loss")
-    assert "in epoch 1" in run.data.tags["dat_exp.error"]
+    assert run.data.tags[Tag.ERROR].startswith("Diverged: non-finite training loss")
+    assert "in epoch 1" in run.data.tags[Tag.ERROR]
 
 
 @pytest.mark.slow
@@ -63,14 +65,14 @@ def test_sigterm_then_rerun_skips_what_finished(workdir):
     assert proc.returncode != 0
     first = children(workdir)
     assert [r.info.status for r in first] == ["FINISHED", "KILLED"]
-    assert "dat_exp.last_epoch" in first[1].data.tags
+    assert Tag.LAST_EPOCH in first[1].data.tags
 
     again = run_entry(workdir, *overrides)
     assert again.returncode == 0, again.stdout[-2000:]
     assert f"skipped: done in run {first[0].info.run_id}" in again.stdout
     runs = children(workdir)
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    hashes = [r.data.tags["dat_exp.config_hash"] for r in finished]
+    hashes = [r.data.tags[Tag.CONFIG_HASH] for r in finished]
     assert len(finished) == 2 and len(set(hashes)) == 2, "exactly one FINISHED run per config"
 
 
@@ -96,20 +98,20 @@ def test_resume_continues_the_killed_run_from_its_last_epoch(workdir):
 
     def two_epochs_logged() -> bool:
         run = children(workdir)[0]
-        return len(client.get_metric_history(run.info.run_id, "val/mAP50")) >= 2
+        return len(client.get_metric_history(run.info.run_id, schema.val(schema.MAP50))) >= 2
 
     wait_for(two_epochs_logged)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     (killed,) = children(workdir)
     assert killed.info.status == "KILLED"
-    done = int(killed.data.tags["dat_exp.last_epoch"])
+    done = int(killed.data.tags[Tag.LAST_EPOCH])
     assert done >= 2
 
     again = run_entry(workdir, *overrides, "resume=true")
     assert again.returncode == 0, again.stdout[-3000:]
     (run,) = children(workdir)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP50")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, schema.val(schema.MAP50))]
     assert sorted(steps) == [1, 2, 3, 4, 5], steps
-    assert "mAP50" in run.data.metrics
+    assert schema.MAP50 in run.data.metrics

@@ -8,6 +8,8 @@ import pytest
 from dat_exp.config import resolve
 from dat_exp.runner import JobResult
 from dat_exp.search import budget_excess, objective_value
+from dat_exp.tracking import schema
+from dat_exp.tracking.schema import Tag
 from tests.runner.entry import TINY, local_runs, run_entry
 
 
@@ -28,15 +30,15 @@ def test_a_failing_trial_scores_the_penalty_and_the_search_reports_the_best(work
     )
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]  # a job failed
     runs = local_runs(workdir)
-    (parent,) = [r for r in runs if r.data.tags.get("dat_exp.sweep") == "true"]
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    (parent,) = [r for r in runs if r.data.tags.get(Tag.SWEEP) == "true"]
+    kids = [r for r in runs if r.data.tags.get(Tag.PARENT) == parent.info.run_id]
     assert sorted(r.info.status for r in kids) == ["FAILED", "FAILED", "FINISHED"]
-    errors = " | ".join(r.data.tags.get("dat_exp.error", "") for r in kids)
+    errors = " | ".join(r.data.tags.get(Tag.ERROR, "") for r in kids)
     assert "fault=raise" in errors and "nan" in errors.lower(), errors
     (trained,) = [r for r in kids if r.info.status == "FINISHED"]
-    best = trained.data.metrics["mAP50-95"]
-    assert parent.data.tags["dat_exp.best_params"] == "fault=off"
-    assert float(parent.data.tags["dat_exp.best_value"]) == pytest.approx(best)
+    best = trained.data.metrics[schema.MAP50_95]
+    assert parent.data.tags[Tag.BEST_PARAMS] == "fault=off"
+    assert float(parent.data.tags[Tag.BEST_VALUE]) == pytest.approx(best)
     assert f"best trial: {best:.4f} with fault=off" in out.stdout
     assert parent.info.status == "FAILED"  # some trial failed; the search still finished
 
@@ -88,9 +90,9 @@ def test_the_budget_keeps_a_bigger_model_from_training(tmp_path, monkeypatch):
 
 
 def test_objective_value_is_the_metric_or_the_penalty():
-    cfg = {"objective": {"metric": "mAP50-95", "penalty": -1.0}}
-    done = JobResult("FINISHED", "sppf", "h", "r", {"mAP50-95": 0.3, "mAP50": 0.5})
+    cfg = {"objective": {"metric": schema.MAP50_95, "penalty": -1.0}}
+    done = JobResult("FINISHED", "sppf", "h", "r", {schema.MAP50_95: 0.3, schema.MAP50: 0.5})
     assert objective_value(cfg, done) == 0.3
-    assert objective_value({"objective": {"metric": "mAP50", "penalty": -1}}, done) == 0.5
+    assert objective_value({"objective": {"metric": schema.MAP50, "penalty": -1}}, done) == 0.5
     for status in ("FAILED", "INVALID", "OVER_BUDGET"):
         assert objective_value(cfg, JobResult(status, "sppf", "h")) == -1.0

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from dat_exp.tracking import schema
 from tests.runner.entry import TINY, run_entry
 from tests.tracking.mlflow_server import free_port, mlflow_server
 
@@ -94,7 +95,7 @@ def test_a_job_logs_to_the_tracking_server(server, workdir):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("team").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.metrics["gflops"] > 0
+    assert run.info.status == "FINISHED" and run.data.metrics[schema.GFLOPS] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "model.yaml", "results.csv"} <= artifacts
     assert any((root / "artifacts").rglob("config.yaml")), "artifacts live under the server's root"

@@ -11,6 +11,7 @@ import time
 
 from mlflow import MlflowClient
 
+from dat_exp.tracking.schema import Tag
 from dat_exp.tracking.store import STALE_AFTER_S, is_stale
 
 WRITER = textwrap.dedent(
@@ -67,12 +68,10 @@ def test_a_run_whose_process_is_gone_is_stale():
     fresh = str(int(now))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert is_stale(
-        {"dat_exp.host": host, "dat_exp.pid": str(dead.pid), "dat_exp.heartbeat": fresh}
-    )
-    alive = {"dat_exp.host": host, "dat_exp.pid": str(os.getpid()), "dat_exp.heartbeat": fresh}
+    assert is_stale({Tag.OWNER_HOST: host, Tag.OWNER_PID: str(dead.pid), Tag.HEARTBEAT: fresh})
+    alive = {Tag.OWNER_HOST: host, Tag.OWNER_PID: str(os.getpid()), Tag.HEARTBEAT: fresh}
     assert not is_stale(alive)
-    elsewhere = {"dat_exp.host": "another-node", "dat_exp.pid": "1", "dat_exp.heartbeat": fresh}
+    elsewhere = {Tag.OWNER_HOST: "another-node", Tag.OWNER_PID: "1", Tag.HEARTBEAT: fresh}
     assert not is_stale(elsewhere), "another host's process cannot be checked: trust its heartbeat"
     old = str(int(now - STALE_AFTER_S - 5))
-    assert is_stale({**elsewhere, "dat_exp.heartbeat": old}), "a lost node stops beating"
+    assert is_stale({**elsewhere, Tag.HEARTBEAT: old}), "a lost node stops beating"
