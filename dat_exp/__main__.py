@@ -11,9 +11,12 @@ import signal
 import sys
 
 import hydra
-from hydra.errors import HydraException
+from hydra.errors import (
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+)
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 import dat_exp  # noqa: F401  (offline environment, layer registration)
 from dat_exp.config import register_configs, resolve
@@ -31,6 +34,11 @@ def main(cfg: DictConfig) -> float:
     return objective_value(job, execute(job))
 
 
+FULL_ERROR = "HYDRA_FULL_ERROR"
+# What Hydra raises for a bad override, a missing option or a value the schema refuses
+COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -45,16 +53,21 @@ def entry() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     # Hydra would print a composition error over several lines and exit 1: let it raise here
-    # instead, so that bad input gets one line and exit 2 like every other check.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # instead, so that bad input gets one line and exit 2 like every other check. Only
+    # composition errors are bad input; anything else keeps its traceback.
+    full_error = os.environ.get(FULL_ERROR)
+    os.environ[FULL_ERROR] = "1"
     try:
         main()
     except KeyboardInterrupt:
         interrupted()
         return 130
-    except (HydraException, OmegaConfBaseException) as err:
+    except COMPOSITION_ERRORS as err:
         print(f"error: {composition_error(err)}", file=sys.stderr)
         return 2
+    finally:
+        if full_error is None:
+            os.environ.pop(FULL_ERROR, None)
     if any(r.status == "INVALID" for r in STATE.results):
         return 2
     return 1 if STATE.failed else 0

@@ -50,8 +50,9 @@ def version_digest(files: list[tuple[str, Path]], libraries: dict[str, str]) -> 
 
 
 def libraries() -> dict[str, str]:
-    """Versions outside the project that change a result: Ultralytics, torch, and the
-    synthetic dataset's generator."""
+    """Versions outside the project that change a result: Ultralytics, torch, timm (its
+    LayerNorm2d and LayerScale2d are part of DAT's block), and the synthetic generator."""
+    import timm
     import torch
     import ultralytics
 
@@ -60,6 +61,7 @@ def libraries() -> dict[str, str]:
     return {
         "ultralytics": ultralytics.__version__,
         "torch": torch.__version__,
+        "timm": timm.__version__,
         "synthetic_generator": str(GENERATOR_VERSION),
     }
 
@@ -71,9 +73,12 @@ def code_version() -> str:
 
 
 def git_state() -> tuple[str, str]:
-    """``(commit, dirty)`` of the checkout the package runs from; ``unknown`` outside git."""
+    """``(commit, dirty)`` of the checkout the package runs from; ``unknown`` outside one (a
+    wheel installed in a virtual environment inside some checkout is not that checkout)."""
     root = PACKAGE.parent
     try:
+        if Path(_git(root, "rev-parse", "--show-toplevel").strip()).resolve() != root:
+            return "unknown", "unknown"
         commit = _git(root, "rev-parse", "HEAD").strip()
         dirty = str(bool(_git(root, "status", "--porcelain").strip())).lower()
     except (OSError, subprocess.CalledProcessError):

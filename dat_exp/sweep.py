@@ -97,6 +97,8 @@ def run_or_skip(cfg: dict[str, Any], h: str) -> JobResult:
         reused, why = reusable(finished, cfg["reuse"])
         if reused is not None:
             print(f"skipped: {why}")
+            if parent := os.environ.get(PARENT_ENV):  # the sweep's tables include the run
+                client.set_tag(parent, Tag.REUSED + h, reused.info.run_id)
             return JobResult("SKIPPED", variant_name(cfg), h, reused.info.run_id, reason=why)
         if finished:
             print(f"training again: {why}")
@@ -109,20 +111,29 @@ def reusable(finished: list, reuse: str) -> tuple[Any | None, str]:
 
     Only a run made by the current code version counts as done, unless ``reuse=any``: results
     of other code are never reused silently."""
-    from dat_exp.provenance import code_version
-
-    current = code_version()
     if not finished:
         return None, "not done yet"
-    for run in finished:
-        if run.data.tags.get(Tag.CODE_VERSION) == current:
-            return run, f"done in run {run.info.run_id}"
+    same = next((run for run in finished if not other_code(run)), None)
+    if same is not None:
+        return same, f"done in run {same.info.run_id}"
     newest = finished[0]
-    old = newest.data.tags.get(Tag.CODE_VERSION, "not recorded")
-    other = f"run {newest.info.run_id} was made by other code (code version {old}, now {current})"
     if reuse == Reuse.any:
-        return newest, f"done in {other}; reused as reuse=any"
-    return None, f"{other}; reuse=any would reuse it"
+        return newest, reuse_reason(newest)
+    return None, f"run {newest.info.run_id} was made{other_code(newest)}; reuse=any would reuse it"
+
+
+def other_code(run: Any) -> str:
+    """`` by other code (code version A, now B)`` for a run of another code version, else ''."""
+    from dat_exp.provenance import code_version
+
+    old, now = run.data.tags.get(Tag.CODE_VERSION, "not recorded"), code_version()
+    return "" if old == now else f" by other code (code version {old}, now {now})"
+
+
+def reuse_reason(run: Any) -> str:
+    """What the summary says of a job skipped for ``run``."""
+    other = other_code(run)
+    return f"done in run {run.info.run_id}{other}" + ("; reused as reuse=any" if other else "")
 
 
 def finished_runs(cfg: dict[str, Any], h: str) -> list:
@@ -141,15 +152,20 @@ def finished_runs(cfg: dict[str, Any], h: str) -> list:
 
 
 def resumable(client: Any, exp_id: str, h: str) -> tuple[str, Path] | None:
-    """The newest KILLED run of this config with Ultralytics' ``last.pt`` on disk."""
+    """The newest KILLED run of this config with Ultralytics' ``last.pt`` on disk, made by the
+    current code version (a run continued by other code would mix two versions)."""
     from dat_exp.env import runs_dir
     from dat_exp.tracking.store import runs_of_config
 
     for run in runs_of_config(client, exp_id, h, "KILLED"):
         last = runs_dir() / "train" / run.info.run_id / "weights" / "last.pt"
-        if last.exists():
-            print(f"resuming run {run.info.run_id} from {last}")
-            return run.info.run_id, last
+        if not last.exists():
+            continue
+        if other := other_code(run):
+            print(f"not resuming run {run.info.run_id}: it was made{other}; training anew")
+            return None
+        print(f"resuming run {run.info.run_id} from {last}")
+        return run.info.run_id, last
     return None
 
 
@@ -192,7 +208,13 @@ def _module_line(index: int, level: str, channels: int, s: dict[str, Any]) -> st
     )
 
 
-SUMMARY_METRICS = (schema.MAP50, schema.MAP50_95, schema.GFLOPS, schema.LATENCY_MS)
+# metric -> the summary's column title
+SUMMARY_METRICS = {
+    schema.MAP50: schema.MAP50,
+    schema.MAP50_95: schema.MAP50_95,
+    schema.GFLOPS: "GFLOPs",
+    schema.LATENCY_MS: schema.LATENCY_MS,
+}
 
 
 def summary_frame(results: list[JobResult]):
@@ -203,13 +225,16 @@ def summary_frame(results: list[JobResult]):
         {
             "job": i,
             "variant": r.variant,
-            **{m: r.metrics.get(m) for m in SUMMARY_METRICS},
+            **{title: r.metrics.get(m) for m, title in SUMMARY_METRICS.items()},
             "status": r.status,
             "run / reason": r.reason or r.run_id or "",
         }
         for i, r in enumerate(results)
     ]
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    titles = list(SUMMARY_METRICS.values())
+    frame[titles] = frame[titles].apply(pd.to_numeric)  # a job without a value: NaN, shown "-"
+    return frame
 
 
 def summary_table(results: list[JobResult]) -> str:
@@ -223,7 +248,9 @@ def summary_note(results: list[JobResult]) -> str:
 
     frame = summary_frame(results)
     numbers = frame.select_dtypes("number").columns.drop("job")
-    frame[numbers] = frame[numbers].map(lambda v: f"{v:.3f}" if v == v else None)
+    frame[numbers] = frame[numbers].apply(
+        lambda col: col.map(lambda v: f"{v:.3f}" if v == v else None)
+    )
     counts = frame["status"].value_counts()
     statuses = ", ".join(f"{n} {status}" for status, n in counts.items())
     return f"{len(frame)} jobs: {statuses}.\n\n{markdown_table(frame)}"
@@ -243,27 +270,29 @@ def print_summary(results: list[JobResult], tracking: dict[str, Any]) -> None:
 
 
 def results_from_store(tracking: dict[str, Any], parent: str) -> list[JobResult]:
-    """The sweep's jobs as its child runs say, for launchers that ran them elsewhere."""
+    """The sweep's jobs as its child runs say, for launchers that ran them elsewhere, and the
+    finished runs its jobs were skipped for (the parent's ``dat_exp.reused.*`` tags)."""
     from dat_exp.tracking.store import client_for
 
     client = client_for(tracking)
-    exp_id = client.get_run(parent).info.experiment_id
+    sweep = client.get_run(parent)
     runs = client.search_runs(
-        [exp_id],
+        [sweep.info.experiment_id],
         f"{schema.search_tag(Tag.PARENT)} = '{parent}'",
         order_by=["attributes.start_time ASC"],
     )
-    return [
-        JobResult(
-            run.info.status,
-            run.data.tags.get(Tag.VARIANT, ""),
-            run.data.tags.get(Tag.CONFIG_HASH, ""),
-            run.info.run_id,
-            dict(run.data.metrics),
-            run.data.tags.get(Tag.ERROR, ""),
-        )
-        for run in runs
-    ]
+    results = [job_result(run, run.info.status, run.data.tags.get(Tag.ERROR, "")) for run in runs]
+    for key, run_id in sweep.data.tags.items():
+        if key.startswith(Tag.REUSED):
+            run = client.get_run(run_id)
+            results.append(job_result(run, "SKIPPED", reuse_reason(run)))
+    return results
+
+
+def job_result(run: Any, status: str, reason: str) -> JobResult:
+    tags = run.data.tags
+    variant, h = tags.get(Tag.VARIANT, ""), tags.get(Tag.CONFIG_HASH, "")
+    return JobResult(status, variant, h, run.info.run_id, dict(run.data.metrics), reason)
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
@@ -303,12 +332,14 @@ def composition_error(err: BaseException) -> str:
     first line: the value and the valid choices), then the full key."""
     # a missing option lists the available ones over several lines, then the search path
     parts = [" ".join(str(err).split()).split(" Config search path")[0]] if str(err) else []
+    if getattr(err, "override", None):  # a parse error names its override only here
+        parts.insert(0, f"override {err.override!r}")
     cause = err.__cause__ or err.__context__
     if cause is not None and str(cause):
         lines = str(cause).splitlines()
-        parts.append(lines[0])
+        parts += [lines[0]] if not any(lines[0] in part for part in parts) else []
         parts += [line.strip() for line in lines[1:] if line.strip().startswith("full_key:")]
-    return "; ".join(dict.fromkeys(parts)) or type(err).__name__
+    return "; ".join(parts) or type(err).__name__
 
 
 def check_every_job(config: DictConfig) -> None:

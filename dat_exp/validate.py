@@ -41,9 +41,10 @@ def validate_job(cfg: dict[str, Any]) -> None:
         check_placement(cfg["placement"]["name"], cfg["placement"]["levels"])
     except ValueError as err:
         raise InvalidJob(str(err)) from None
-    placement = cfg["placement"]
-    check_dat(cfg["dat"], cfg["model"]["name"], placement["name"], placement["levels"])
     _check_train(cfg["train"])
+    placement = cfg["placement"]
+    imgsz = int(cfg["train"]["imgsz"])
+    check_dat(cfg["dat"], cfg["model"]["name"], placement["name"], placement["levels"], imgsz)
     if cfg.get("fault") not in FAULTS:
         raise InvalidJob(f"fault={cfg['fault']!r} is not one of {FAULTS}")
     _check_objective(cfg.get("objective") or {})
@@ -208,6 +209,7 @@ def check_dat(
     model: str,
     placement: str = "none",
     levels: list[str] | tuple[str, ...] | None = None,
+    imgsz: int = 640,
 ) -> None:
     """Raise ``InvalidJob`` when a ``dat`` value is out of range or no module could use it.
 
@@ -252,6 +254,7 @@ def check_dat(
         _check_any_level(sizes, named, widths, model)
     else:
         _check_every_level(values, sizes, named, widths, model, placement)
+        _check_key_grids(values, tuple(widths), f"placement={placement} of {model}", imgsz)
 
 
 def _check_any_level(
@@ -322,6 +325,30 @@ def _check_every_level(
                 f"dat.groups=auto is {groups} at {level} ({where}: the level default, for its "
                 f"{default_heads(width)} default heads), which does not divide "
                 f"{named['heads']}; set dat.groups to one of {_listed(valid)}"
+            )
+
+
+BUILD_PROBE_PX = 256  # Ultralytics' DetectionModel finds its strides with a 256-px forward
+
+
+def _check_key_grids(values: dict[str, Any], levels: tuple[str, ...], where: str, imgsz: int):
+    """At ``ksize == stride`` DAT++ pads the offset conv 0, so a map smaller than ``ksize`` has
+    no key grid; every model is built with a small forward first, then trained at ``imgsz``."""
+    from dat_exp.models.placements import LEVEL_STRIDES
+    from dat_exp.nn.dattention import key_grid_size, offset_padding
+    from dat_exp.nn.presets import level_settings
+
+    px = min(BUILD_PROBE_PX, imgsz)
+    for level in levels:
+        s = level_settings(level, None, imgsz, values)
+        k, stride, side = s["ksize"], s["stride"], px // LEVEL_STRIDES[level]
+        if key_grid_size(side, k, stride, offset_padding(k, stride, s["ref_points"])) < 1:
+            raise InvalidJob(
+                f"dat.ksize={k} with dat.stride={stride} at {level} ({where}): DAT++ pads the "
+                f"offset net 0 when ksize == stride, so a map needs {k} px a side, but {level} is "
+                f"{side}x{side} at {px} px (the smaller of train.imgsz and the "
+                f"{BUILD_PROBE_PX}-px forward every model is built with); choose ksize != stride "
+                f"or ksize <= {side}"
             )
 
 

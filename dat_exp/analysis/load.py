@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -48,6 +48,7 @@ CONFIG = [
     "variant",
     "variant_hash",
     "config_hash",
+    "code_version",
     "placement",
     "levels",
     "model",
@@ -88,6 +89,8 @@ class RunSet:
     runs: pd.DataFrame  # FINISHED runs of the selection, one row per run
     failures: pd.DataFrame  # the selection's runs that did not finish
     pool: pd.DataFrame  # FINISHED runs of the whole experiment: where baselines are found
+    # FINISHED runs left out because their variant has runs of a newer code version
+    set_aside: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def name(self) -> str:
@@ -187,7 +190,7 @@ def load_runs(
         raw = mlflow.search_runs([exp.experiment_id], output_format="pandas")
     everything = tidy(raw)
     selected = everything[everything["parent_run_id"] == sweep] if sweep else everything
-    finished = selected[selected["status"] == "FINISHED"].reset_index(drop=True)
+    finished, set_aside = newest_code_only(selected[selected["status"] == "FINISHED"])
     what = f"sweep {sweep!r}" if sweep else f"experiment {exp.name!r}"
     if finished.empty:
         raise AnalysisError(_nothing_finished(what, selected))
@@ -199,8 +202,30 @@ def load_runs(
         sweep_name=parent.info.run_name if parent is not None else None,
         runs=finished,
         failures=failures(selected, everything),
-        pool=everything[everything["status"] == "FINISHED"].reset_index(drop=True),
+        pool=newest_code_only(everything[everything["status"] == "FINISHED"])[0],
+        set_aside=set_aside,
     )
+
+
+def newest_code_only(finished: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(kept, set aside)``: per variant, the runs of the code version of its newest run; runs
+    of other code are never pooled with them silently (a fix would be averaged with the bug)."""
+    versions = finished["code_version"].fillna("not recorded")
+    newest = versions.groupby(finished["variant_hash"]).last()  # finished is in start order
+    keep = versions == finished["variant_hash"].map(newest)
+    return finished[keep].reset_index(drop=True), finished[~keep].reset_index(drop=True)
+
+
+def set_aside_warning(runset: RunSet) -> list[str]:
+    """One line per variant with runs of older code left out of its statistics."""
+    lines = []
+    for variant, runs in runset.set_aside.groupby("variant", sort=False):
+        versions = ", ".join(sorted(runs["code_version"].fillna("not recorded").unique()))
+        lines.append(
+            f"NOTE: variant {variant}: {len(runs)} run(s) of older code (code version "
+            f"{versions}) set aside; only its newest code version's runs are in its statistics"
+        )
+    return lines
 
 
 def _nothing_finished(what: str, selected: pd.DataFrame) -> str:

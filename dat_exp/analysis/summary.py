@@ -11,7 +11,7 @@ from functools import partial
 import pandas as pd
 
 from dat_exp.analysis.compare import ConfigOf, compare
-from dat_exp.analysis.load import RunSet, run_config
+from dat_exp.analysis.load import RunSet, run_config, set_aside_warning
 from dat_exp.analysis.stats import aggregate, identical_seed_warnings
 from dat_exp.tracking import schema
 
@@ -30,7 +30,8 @@ def analyse(runset: RunSet, metric: str = PRIMARY, config_of: ConfigOf | None = 
     """Aggregate over seeds, compare each variant with its baseline, collect the warnings."""
     config_of = config_of or partial(run_config, runset.tracking_uri)
     variants = compare(runset.runs, runset.pool, aggregate(runset.runs), config_of, metric)
-    return Analysis(runset, variants, identical_seed_warnings(runset.runs), metric)
+    warnings = identical_seed_warnings(runset.runs) + set_aside_warning(runset)
+    return Analysis(runset, variants, warnings, metric)
 
 
 def table(analysis: Analysis) -> pd.DataFrame:
@@ -42,11 +43,13 @@ def table(analysis: Analysis) -> pd.DataFrame:
             "variant": v["variant"],
             "device": v["device_type"],
             "n": v["n"],
-            m: [_mean_ci(v, i, m, 4) for i in v.index],
-            schema.MAP50: [_mean_ci(v, i, schema.MAP50, 4) for i in v.index],
-            "GFLOPs": [_number(v, i, schema.GFLOPS, 2) for i in v.index],
+            m: [_mean_ci(v, i, m, _digits(m)) for i in v.index],
+            schema.MAP50: [_mean_ci(v, i, schema.MAP50, _digits(schema.MAP50)) for i in v.index],
+            "GFLOPs": [_number(v, i, schema.GFLOPS, _digits(schema.GFLOPS)) for i in v.index],
             "params (M)": [_number(v, i, schema.PARAMS, 3, 1e-6) for i in v.index],
-            "latency (ms)": [_mean_ci(v, i, schema.LATENCY_MS, 2) for i in v.index],
+            "latency (ms)": [
+                _mean_ci(v, i, schema.LATENCY_MS, _digits(schema.LATENCY_MS)) for i in v.index
+            ],
             f"Δ {m} [95% CI]": [_delta(row) for _, row in v.iterrows()],
             "p (paired)": [_p(row) for _, row in v.iterrows()],
             "baseline": v["baseline_variant"].fillna("-"),
@@ -59,6 +62,10 @@ def table(analysis: Analysis) -> pd.DataFrame:
 def failures_table(analysis: Analysis) -> pd.DataFrame:
     f = analysis.runset.failures
     return f.assign(superseded=f["superseded"].map({True: "superseded", False: ""}))
+
+
+def _digits(metric: str) -> int:
+    return schema.spec(metric).digits
 
 
 def _finite(x: object) -> bool:

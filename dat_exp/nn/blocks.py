@@ -9,7 +9,7 @@ import torch
 from timm.layers import LayerNorm2d, LayerScale2d
 from torch import nn
 
-from dat_exp.nn.dattention import NORM_EPS, DAttention
+from dat_exp.nn.dattention import DEFAULTS, NORM_EPS, DAttention
 from dat_exp.nn.settings import Wrap
 
 WRAPS = tuple(map(str, Wrap))
@@ -33,7 +33,7 @@ class DATBlock(nn.Module):
     ) -> None:
         super().__init__()
         opts = {**dict(settings or {}), **dat_kwargs}
-        wrap = wrap or opts.pop("wrap", "residual")
+        wrap = str(wrap or opts.pop("wrap", DEFAULTS.wrap))
         opts.pop("wrap", None)
         if wrap not in WRAPS:
             raise ValueError(f"wrap={wrap!r} is not one of {', '.join(WRAPS)}")

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dat_exp.nn.presets import default_groups, default_heads
-from dat_exp.nn.settings import PE, Impl, RefPoints
+from dat_exp.nn.settings import PE, DATSettings, Impl, RefPoints
 
 # The choices are DATSettings' enums (one home); plain strings here, for messages and tests.
 PE_MODES = tuple(map(str, PE))  # the canonical names (an enum iterates without its aliases)
@@ -26,6 +26,7 @@ PE_ALIASES = {alias: str(m) for alias, m in PE.__members__.items() if alias != m
 REF_CONVENTIONS = tuple(map(str, RefPoints))
 IMPLS = tuple(map(str, Impl))
 NORM_EPS = 1e-5  # official DAT's LayerNormProxy is nn.LayerNorm (timm's LayerNorm2d: 1e-6)
+DEFAULTS = DATSettings()  # the choices' defaults: the config's, so a bare layer matches a job
 BIAS_PE_MODES = ("table", "log_cpb", "fixed")  # modes that add a bias to the logits
 CPB_CHUNK = 2**24  # hidden activations of the log-CPB MLP per chunk (64 MB in float32)
 
@@ -123,13 +124,13 @@ class DAttention(nn.Module):
         groups: int | None = 1,
         stride: int = 1,
         ksize: int = 3,
-        offset_range_factor: float = -1.0,
-        pe: str = "table",
-        no_off: bool = False,
-        ref_points: str = "datpp",
+        offset_range_factor: float = DEFAULTS.offset_range_factor,
+        pe: str = str(DEFAULTS.pe),
+        no_off: bool = DEFAULTS.no_off,
+        ref_points: str = str(DEFAULTS.ref_points),
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        impl: str = "auto",
+        impl: str = str(DEFAULTS.impl),
     ) -> None:
         super().__init__()
         heads = default_heads(c1) if heads is None else int(heads)

@@ -73,8 +73,8 @@ def val(metric: str) -> str:
     return VAL + metric
 
 
-def test(metric: str) -> str:
-    """The held-out split's value of a final metric: ``test/mAP50-95``."""
+def held_out(metric: str) -> str:
+    """The held-out (test) split's value of a final metric: ``test/mAP50-95``."""
     return TEST + metric
 
 
@@ -132,6 +132,7 @@ class Tag:
     BEST_VALUE = "dat_exp.best_value"
     BEST_PARAMS = "dat_exp.best_params"
     NOTE_SECTION = "dat_exp.note."  # + section name: that section's Markdown, whole
+    REUSED = "dat_exp.reused."  # + config hash: the FINISHED run a job of the sweep skipped for
     # MLflow's own
     PARENT = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"

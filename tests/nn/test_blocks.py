@@ -82,3 +82,12 @@ def test_blog_preset():
     }
     block = DATBlock(128, blog)
     assert block.attn.heads == 8 and block.attn.head_dim == 16 and block.wrap == "bare"
+
+
+def test_the_residual_wrap_normalises_as_official_dat():
+    """Official DAT's pre-attention norm is nn.LayerNorm (eps 1e-5), as in the offset net."""
+    block = DATBlock(64, {"feat_size": 8})
+    assert block.norm.eps == block.attn.conv_offset[1].eps == 1e-5
+    x = torch.randn(1, 64, 4, 4)
+    expected = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (64,), eps=1e-5)
+    torch.testing.assert_close(block.norm(x), expected.permute(0, 3, 1, 2))

@@ -120,7 +120,16 @@ def test_bad_inputs_fail_fast_and_clearly(tmp_path):
         if db.exists():
             client = MlflowClient(f"sqlite:///{db}")
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        if out.returncode != 2 or missing or "Traceback" in text or runs or seconds > 60:
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        one_line = "-m" in overrides or len(lines) == 1  # a sweep lists each invalid job
+        if (
+            out.returncode != 2
+            or missing
+            or not one_line
+            or "Traceback" in text
+            or runs
+            or seconds > 60
+        ):
             problems.append(
                 f"{overrides}: rc={out.returncode} missing={missing} runs={len(runs)} "
                 f"{seconds:.0f}s\n{text[-800:]}"

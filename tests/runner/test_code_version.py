@@ -13,18 +13,21 @@ from types import SimpleNamespace
 
 import pytest
 
+from dat_exp.analysis.load import load_runs, set_aside_warning
 from dat_exp.provenance import code_version, libraries, result_files, version_digest
-from dat_exp.sweep import reusable
-from dat_exp.tracking.schema import Tag
+from dat_exp.sweep import resumable, reusable
+from dat_exp.tracking.schema import DEFAULT_EXPERIMENT, Tag
 from tests.runner.entry import TINY, local_runs, local_store, run_entry
 
 ROOT = Path(__file__).resolve().parents[2]
+IGNORED = shutil.ignore_patterns("__pycache__")
 
 
 def copy_tree(tmp_path: Path) -> tuple[Path, Path]:
     """The package and conf/ as plain folders (no link), as a user's edited checkout."""
     package, conf = tmp_path / "dat_exp", tmp_path / "conf"
     shutil.copytree(ROOT / "dat_exp", package, ignore=shutil.ignore_patterns("__pycache__", "conf"))
+    assert (ROOT / "dat_exp" / "conf").is_symlink(), "a checkout links dat_exp/conf to conf/"
     shutil.copytree(ROOT / "conf", conf)
     return package, conf
 
@@ -66,15 +69,19 @@ def test_code_version_follows_what_trains_and_nothing_else(tmp_path):
 
 @pytest.mark.slow
 def test_a_wheel_has_the_same_code_version_as_the_checkout(tmp_path):
+    source = tmp_path / "source"  # a copy, so that setuptools' scratch files stay out of ROOT
+    shutil.copytree(ROOT / "dat_exp", source / "dat_exp", symlinks=True, ignore=IGNORED)
+    shutil.copytree(ROOT / "conf", source / "conf")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path / "dist"), str(ROOT)],
+        + ["-w", str(tmp_path / "dist"), str(source)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    shutil.rmtree(ROOT / "build", ignore_errors=True)  # setuptools' scratch folder
     wheel = next((tmp_path / "dist").glob("dat_exp-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         z.extractall(tmp_path / "site")
@@ -124,11 +131,15 @@ def test_a_run_of_other_code_is_trained_again_and_reused_only_when_asked(workdir
     dry = run_entry(workdir, *sweep, "dry_run=true")
     assert f"would train: run {first.info.run_id} was made by other code" in dry.stdout
 
-    reused = run_entry(workdir, *sweep, "reuse=any")
-    assert reused.returncode == 0, reused.stderr[-2000:]
-    assert f"skipped: done in run {first.info.run_id}" in reused.stdout
-    assert re.search(r"SKIPPED .*reused as reuse=any", reused.stdout), reused.stdout[-2000:]
+    for launcher in ([], ["hydra/launcher=joblib"]):  # jobs in this process, or in workers
+        reused = run_entry(workdir, *sweep, *launcher, "reuse=any")
+        assert reused.returncode == 0, reused.stderr[-2000:]
+        assert re.search(r"SKIPPED .*reused as reuse=any", reused.stdout), reused.stdout[-2000:]
+        assert f"done in run {first.info.run_id} by other code" in reused.stdout
     assert len([r for r in local_runs(workdir) if Tag.PARENT in r.data.tags]) == 1
+    key = Tag.REUSED + first.data.tags[Tag.CONFIG_HASH]
+    reusing = [r for r in local_runs(workdir) if r.data.tags.get(key) == first.info.run_id]
+    assert len(reusing) == 2, "each sweep that skipped the job names the run on its parent"
 
     again = run_entry(workdir, *sweep)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -141,3 +152,34 @@ def test_a_run_of_other_code_is_trained_again_and_reused_only_when_asked(workdir
 
     dry = run_entry(workdir, *sweep, "dry_run=true")
     assert f"would reuse: done in run {newest.info.run_id}" in dry.stdout
+
+    # the analysis takes the newest code version's runs and says what it set aside
+    runset = load_runs(experiment=DEFAULT_EXPERIMENT, tracking_uri=local_store_uri(workdir))
+    assert list(runset.runs["run_id"]) == [newest.info.run_id]
+    assert list(runset.set_aside["run_id"]) == [first.info.run_id]
+    assert "1 run(s) of older code (code version 000000000000) set aside" in " ".join(
+        set_aside_warning(runset)
+    )
+
+
+def local_store_uri(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'runs' / 'mlflow.db'}"
+
+
+def test_a_killed_run_of_other_code_is_not_resumed(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("DAT_EXP_RUNS", str(tmp_path / "runs"))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("e")
+    run = client.create_run(exp, tags={Tag.CONFIG_HASH: "h", Tag.CODE_VERSION: "0" * 12})
+    run_id = run.info.run_id
+    client.set_terminated(run_id, "KILLED")
+    last = tmp_path / "runs" / "train" / run_id / "weights" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+
+    assert resumable(client, exp, "h") is None
+    assert f"not resuming run {run_id}: it was made by other code" in capsys.readouterr().out
+    client.set_tag(run_id, Tag.CODE_VERSION, code_version())
+    assert resumable(client, exp, "h") == (run_id, last)

@@ -292,3 +292,17 @@ def test_every_job_is_checked_before_anything_else_runs(monkeypatch, tmp_path):
     cfg = composed("placement=none", "dat.heads=7", "tracking.uri=http://127.0.0.1:9")
     with pytest.raises(InvalidJob, match="dat.heads=7 divides the channels of no level"):
         validate_job(cfg)
+
+
+def test_ksize_equal_to_stride_needs_a_map_that_large_at_every_level_it_uses():
+    """DAT++ pads the offset net 0 at ksize == stride: a smaller map has no key grid, and
+    Ultralytics builds every model with a 256-px forward first (P5 8x8)."""
+    with pytest.raises(
+        InvalidJob, match=r"dat.ksize=9 with dat.stride=9 at P5 .* P5 is 8x8 at 256"
+    ):
+        check_dat({"ksize": 9, "stride": 9}, "yolov8n", "sppf", None, 640)
+    with pytest.raises(InvalidJob, match=r"at P5 .* P5 is 4x4 at 128 px"):
+        check_dat({"ksize": 5, "stride": 5}, "yolov8n", "neck", None, 128)
+    check_dat({"ksize": 5, "stride": 5}, "yolov8n", "neck", ["P3", "P4"], 128)
+    check_dat({"ksize": 3, "stride": 3}, "yolov8n", "neck", None, 640)
+    check_dat({"ksize": 9, "stride": 9, "ref_points": "v1"}, "yolov8n", "sppf", None, 640)
