@@ -28,7 +28,10 @@ DDP_CLOUDPICKLE = (3, 1, 1)  # Ultralytics pickles the trainer for its DDP worke
 
 
 class InvalidJob(ValueError):
-    """A job that cannot run; the message names the value and the choices."""
+    """A job that cannot run; the message names the value and the choices, on one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # e.g. a library's multi-line reason
 
 
 def validate_job(cfg: dict[str, Any]) -> None:

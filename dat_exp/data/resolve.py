@@ -118,13 +118,21 @@ def check_dataset(yaml_path: Path) -> DatasetInfo:
     return DatasetInfo(len(names), names, counts["train"], counts["val"], yaml_path)
 
 
+def _yaml_problem(err: Exception) -> str:
+    """One line: PyYAML draws the place of a problem over several lines."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None and getattr(err, "problem", None):
+        return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"data YAML {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid YAML ({e})") from e
+        raise DatasetError(f"{path}: not valid YAML ({_yaml_problem(e)})") from e
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a mapping with train, val and names keys")
     return data
