@@ -193,16 +193,10 @@ def per_class_ap(trainer: Any):
     return pd.DataFrame(metrics.summary())
 
 
-def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> tuple[Any, str]:
+def open_run(cfg: dict[str, Any], parent_id: str | None) -> tuple[Any, str]:
+    """Create the job's run with its tags (what it is, which code, which machine, its owner)."""
     from dat_exp.provenance import provenance_tags
-    from dat_exp.tracking.store import (
-        client_for,
-        experiment_id,
-        log_dataset,
-        log_params,
-        owner_tags,
-        start_run,
-    )
+    from dat_exp.tracking.store import client_for, experiment_id, owner_tags, start_run
 
     tracking = cfg["tracking"]
     client = client_for(tracking)
@@ -217,12 +211,19 @@ def open_run(cfg: dict[str, Any], prepared: Prepared, parent_id: str | None) -> 
         **owner_tags(),
     }
     run_id = start_run(client, exp_id, f"{variant_name(cfg)}/seed{cfg['seed']}", tags, parent_id)
+    return client, run_id
+
+
+def log_inputs(client: Any, run_id: str, prepared: Prepared) -> None:
+    """Params, the resolved config, the model YAML and the dataset of a new run."""
+    from dat_exp.tracking.store import log_dataset, log_params
+
+    cfg = prepared.cfg
     log_params(client, run_id, params_of(cfg, prepared.built))
     client.log_dict(run_id, cfg, "config.yaml")
     client.log_text(run_id, prepared.built.yaml_path.read_text(), "model.yaml")
     digest = prepared.data_yaml.parent.name
     log_dataset(client, run_id, cfg["data"]["name"], digest, prepared.data_yaml)
-    return client, run_id
 
 
 def reopen_run(cfg: dict[str, Any], run_id: str) -> Any:
@@ -257,6 +258,12 @@ def failure_reason(err: BaseException, prepared: Prepared) -> str:
     return reason
 
 
+def backfill(logger: Any, last: Path) -> None:
+    saved = checkpoint_epoch(last) + 1  # Ultralytics stores the 0-based epoch
+    for epoch in logger.backfill(last.parent.parent / "results.csv", saved):
+        log.warning("epoch %d was trained but not logged before the interruption: logged", epoch)
+
+
 def run_job(
     cfg: dict[str, Any], parent_id: str | None = None, resume: tuple[str, Path] | None = None
 ) -> JobResult:
@@ -274,17 +281,17 @@ def run_job(
         run_id, last = resume
         client = reopen_run(cfg, run_id)
     else:
-        (client, run_id), last = open_run(cfg, prepared, parent_id), None
+        (client, run_id), last = open_run(cfg, parent_id), None
     result.run_id = run_id
     prepared.logger = EpochLogger(client, run_id)
-    if last is not None:
-        saved = checkpoint_epoch(last) + 1  # Ultralytics stores the 0-based epoch
-        for epoch in prepared.logger.backfill(last.parent.parent / "results.csv", saved):
-            log.warning(
-                "epoch %d was trained but not logged before the interruption: logged", epoch
-            )
     heartbeat = start_heartbeat(client, run_id)
+    # Everything after the run exists is inside the try: an interruption at any point (a
+    # SIGTERM while the inputs are logged) ends the run KILLED, never leaves it RUNNING.
     try:
+        if last is None:
+            log_inputs(client, run_id, prepared)
+        else:
+            backfill(prepared.logger, last)
         result.metrics = train_and_measure(prepared, client, run_id, last)
         result.status = "FINISHED"
     except KeyboardInterrupt:
