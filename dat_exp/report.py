@@ -36,6 +36,7 @@ from dat_exp.analysis import (
 )
 from dat_exp.env import runs_dir
 from dat_exp.tracking import schema
+from dat_exp.tracking.notes import markdown_table
 
 HOW_TO_READ = (
     "Each row is one variant (every setting but the seed), its metrics the mean over its seeds "
@@ -130,18 +131,6 @@ def header_lines(analysis: Analysis) -> list[str]:
         f"{len(rs.runs)} finished runs in {len(analysis.variants)} variants; "
         f"{len(rs.failures)} not finished. Generated {datetime.now():%Y-%m-%d %H:%M}.",
     ]
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        "| " + " | ".join(cell(c) for c in frame.columns) + " |",
-        "|" + "---|" * len(frame.columns),
-    ]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join(lines)
 
 
 def render_markdown(analysis: Analysis, report: Report) -> str:
