@@ -95,6 +95,14 @@ def layer_channels(layers: list, width: float, max_channels: int) -> list[int]:
     return ch
 
 
+def stock_channels(base: str, scale: str) -> tuple[list, list[int]]:
+    """The stock layers of a base and each one's output channels at ``scale``."""
+    cfg = stock_yaml(base)
+    _, width, max_channels = cfg["scales"][scale]
+    stock = cfg["backbone"] + cfg["head"]
+    return stock, layer_channels(stock, width, max_channels)
+
+
 def _plan(base: Base, placement: str, levels: tuple[str, ...]) -> dict[int, list[str]]:
     """Stock layer index -> levels whose module attaches there."""
     plan: dict[int, list[str]] = {}
@@ -250,10 +258,7 @@ def dat_channels(
     block: its last bottleneck's width); for ``none``, of every level Detect reads."""
     base_name, scale = split_model_name(model)
     base = BASES[base_name]
-    cfg = stock_yaml(base_name)
-    _, width, max_channels = cfg["scales"][scale]
-    stock = cfg["backbone"] + cfg["head"]
-    ch = layer_channels(stock, width, max_channels)
+    stock, ch = stock_channels(base_name, scale)
     if placement == "none":
         return {level: ch[base.neck[level]] for level in LEVELS}
     out = {}
@@ -306,10 +311,7 @@ def build(
 
 def check_detect_inputs(model: Any, base: str, scale: str) -> None:
     """Detect must read strides 8/16/32 with the stock model's channels."""
-    cfg = stock_yaml(base)
-    _, width, max_channels = cfg["scales"][scale]
-    stock = cfg["backbone"] + cfg["head"]
-    ch = layer_channels(stock, width, max_channels)
+    stock, ch = stock_channels(base, scale)
     expected = [ch[i] for i in stock[-1][0]]
     detect = model.model[-1]
     got = [branch[0].conv.in_channels for branch in detect.cv2]
