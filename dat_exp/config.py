@@ -40,7 +40,8 @@ class DataConfig:
     name: str = "synthetic"
     path: str | None = None  # an Ultralytics data YAML, for data=custom
     images: int = 200
-    val_images: int = 50
+    val_images: int = 200
+    test_images: int = 200  # held out: the best weights are evaluated on it once
     imgsz: int = 160
     classes: int = 4
     seed: int = 0
@@ -230,6 +231,15 @@ def config_hash(resolved: dict[str, Any]) -> str:
 
 def variant_hash(resolved: dict[str, Any]) -> str:
     return digest(hashable_config(resolved, with_seed=False))
+
+
+def baseline_hash(resolved: dict[str, Any]) -> str:
+    """The variant hash of the config's ``placement=none`` twin: the one baseline it is compared
+    with. Exact: the twin shares every other setting (data size, epochs, image size...), which
+    the model / data / train preset names alone do not pin down."""
+    twin = json.loads(json.dumps(resolved))
+    twin["placement"] = {"name": "none", "levels": []}
+    return variant_hash(twin)
 
 
 DAT_DEFAULTS = DATSettings()

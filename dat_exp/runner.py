@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dat_exp.config import config_hash, device_type, variant_hash, variant_name
+from dat_exp.config import baseline_hash, config_hash, device_type, variant_hash, variant_name
 from dat_exp.env import runs_dir
 from dat_exp.tracking import schema
 from dat_exp.tracking.schema import Tag
@@ -42,6 +42,7 @@ class Prepared:
     built: Any  # dat_exp.models.builder.BuiltModel
     imgsz: int
     logger: Any = None  # dat_exp.tracking.epoch_logger.EpochLogger, once a run is open
+    dataset: Any = None  # dat_exp.data.DatasetInfo (whether the test split is used, and why not)
 
 
 def prepare(cfg: dict[str, Any]) -> Prepared:
@@ -61,7 +62,7 @@ def prepare(cfg: dict[str, Any]) -> Prepared:
         None if placement["name"] == "none" else cfg["dat"],
         imgsz=imgsz,
     )
-    return Prepared(cfg, data_yaml, info.nc, built, imgsz)
+    return Prepared(cfg, data_yaml, info.nc, built, imgsz, dataset=info)
 
 
 def model_facts(built: Any, imgsz: int) -> dict[str, float]:
@@ -130,6 +131,7 @@ def train_and_measure(
     import torch
     from ultralytics import YOLO
 
+    from dat_exp.data import check_dataset
     from dat_exp.guards import TrainingGuard
     from dat_exp.metrics.latency import measure_latency
     from dat_exp.models.transfer import transfer_pretrained
@@ -160,13 +162,45 @@ def train_and_measure(
         metrics[schema.PEAK_MEM_MB] = torch.cuda.max_memory_allocated() / 2**20
     trainer = yolo.trainer
     best = Path(trainer.best if Path(trainer.best).exists() else trainer.last)
-    latency_device = f"cuda:{cfg['device'].split(',')[0]}" if on_cuda else "cpu"
-    lat = measure_latency(YOLO(str(best)).model, prepared.imgsz, latency_device)
+    one_device = f"cuda:{cfg['device'].split(',')[0]}" if on_cuda else "cpu"  # no DDP from here
+    lat = measure_latency(YOLO(str(best)).model, prepared.imgsz, one_device)
     metrics.update({schema.LATENCY_MS: lat.p50_ms, schema.LATENCY_P90_MS: lat.p90_ms})
     metrics.update(model_facts(prepared.built, prepared.imgsz))
+    dataset = prepared.dataset or check_dataset(prepared.data_yaml)
+    if dataset.test_skipped is None:
+        save_dir = Path(trainer.save_dir)
+        metrics.update(held_out_metrics(prepared, best, save_dir, guard.batch_used, one_device))
+    else:
+        client.set_tag(run_id, Tag.TEST_SKIPPED, dataset.test_skipped[: schema.MAX_TAG_CHARS])
     log_metrics(client, run_id, metrics)
     _log_outputs(client, run_id, trainer, best, cfg["log_weights"])
     return metrics
+
+
+def held_out_metrics(
+    prepared: Prepared, best: Path, out_dir: Path, batch: int, device: str
+) -> dict[str, float]:
+    """``best`` (the epoch chosen on val) evaluated once on the test split: figures that no
+    choice was made on. Ultralytics writes under ``out_dir/test``."""
+    from ultralytics import YOLO
+
+    from dat_exp.tracking.epoch_logger import VAL_KEYS
+
+    results = YOLO(str(best)).val(
+        data=str(prepared.data_yaml),
+        split="test",
+        imgsz=prepared.imgsz,
+        batch=batch,
+        device=device,
+        workers=prepared.cfg["train"]["workers"],
+        plots=False,
+        verbose=False,
+        project=str(out_dir),
+        name="test",
+        exist_ok=True,
+    )
+    found = {VAL_KEYS[k]: float(v) for k, v in results.results_dict.items() if k in VAL_KEYS}
+    return {schema.held_out(m): found[m] for m in schema.HELD_OUT}
 
 
 def _log_outputs(client: Any, run_id: str, trainer: Any, best: Path, log_weights: bool) -> None:
@@ -205,6 +239,7 @@ def open_run(cfg: dict[str, Any], parent_id: str | None) -> tuple[Any, str]:
         Tag.CONFIG_HASH: config_hash(cfg),
         Tag.VARIANT_HASH: variant_hash(cfg),
         Tag.VARIANT: variant_name(cfg),
+        Tag.BASELINE_HASH: baseline_hash(cfg),
         Tag.DEVICE_NAME: device_name(cfg["device"]),
         Tag.DEVICE_TYPE: device_type(cfg["device"]),
         **provenance_tags(),

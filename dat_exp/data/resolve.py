@@ -22,6 +22,7 @@ from dat_exp.data.synthetic import generate, spec_from_mapping
 DATA_CHOICES = ("synthetic", "coco8", "coco", "VOC", "custom")
 BUILTIN = ("coco8", "coco", "VOC")  # bundled with Ultralytics as YAMLs; the images are not
 OFFLINE_HINT = "use data=synthetic, or data=custom data.path=<Ultralytics data YAML>"
+NO_TEST = "the data YAML has no test split"
 
 
 class DatasetError(ValueError):
@@ -35,6 +36,8 @@ class DatasetInfo:
     train_images: int
     val_images: int
     yaml_path: Path
+    test_images: int = 0  # the held-out split's images; 0 when it is not used
+    test_skipped: str | None = NO_TEST  # why the test split is not used (one line); None: used
 
 
 # --------------------------------------------------------------------------- resolution
@@ -110,12 +113,39 @@ def check_dataset(yaml_path: Path) -> DatasetInfo:
             raise DatasetError(f"{yaml_path}: missing key {key!r} (train, val and names needed)")
     names = _names(data, yaml_path)
     root = _dataset_root(data, yaml_path)
-    counts = {}
+    counts, fitted = {}, []
     for split in ("train", "val"):
         images = _image_files(data[split], root, yaml_path, split)
         _check_labels(images, len(names), yaml_path, split)
         counts[split] = len(images)
-    return DatasetInfo(len(names), names, counts["train"], counts["val"], yaml_path)
+        fitted += images
+    n_test, skipped = _test_split(data, root, yaml_path, len(names), fitted)
+    return DatasetInfo(
+        len(names), names, counts["train"], counts["val"], yaml_path, n_test, skipped
+    )
+
+
+def _test_split(
+    data: dict[str, Any], root: Path, yaml_path: Path, nc: int, fitted: list[Path]
+) -> tuple[int, str | None]:
+    """The test split's size, or 0 and why it is not used. Held out means labelled and shared
+    with neither train nor val (Ultralytics' VOC.yaml lists test2007 as val and as test, COCO's
+    test-dev has no labels). Only train and val are required: a broken entry is a reason too."""
+    if data.get("test") in (None, "", []):
+        return 0, NO_TEST
+    try:
+        images = _image_files(data["test"], root, yaml_path, "test")
+        _check_labels(images, nc, yaml_path, "test")
+    except DatasetError as err:
+        return 0, str(err).removeprefix(f"{yaml_path}: ")
+    seen = {p.resolve() for p in fitted}  # resolved: a link or a .txt list may name a file twice
+    shared = [p for p in images if p.resolve() in seen]
+    if shared:
+        return 0, (
+            f"{len(shared)} of the {len(images)} test images are also in train or val, "
+            f"e.g. {shared[0]}"
+        )
+    return len(images), None
 
 
 def _yaml_problem(err: Exception) -> str:

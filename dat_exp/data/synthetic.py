@@ -13,6 +13,10 @@ learn within a few epochs while the stripe pair stays hard.
 Calibrated for the ``smoke`` preset (YOLOv8n from scratch, CPU): mAP50 about 0.44 after 12
 epochs and 0.53 after 20 on the default spec, with the stripe pair near 0.2.
 
+Three disjoint splits: ``train``, ``val`` (picks the best epoch) and ``test`` (held out: the best
+weights are evaluated on it once), 200 images each by default. Each picture is drawn from its own
+generator seeded by (seed, split, index), so adding a split or images changes no other picture.
+
 Written as Ultralytics YOLO-format folders plus ``data.yaml``; same spec -> same bytes.
 """
 
@@ -45,9 +49,9 @@ HUES = {
     "cross": (1.0, 2.0),
     "ring": (3.0, 4.0),
 }
-GENERATOR_VERSION = 1  # bump whenever the pictures change, so cached folders are not reused
+GENERATOR_VERSION = 2  # bump whenever the pictures change, so cached folders are not reused
 MARKER = ".complete"  # written last: its presence means the folder is whole
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # the index is part of each picture's seed: append only
 MIN_VISIBLE = 0.5  # an object cut by the border is labelled only if this much of its box is inside
 MAX_COVERED = 0.35  # a later object may hide at most this much of an earlier object's box
 
@@ -57,7 +61,8 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 @dataclass(frozen=True)
 class SyntheticSpec:
     images: int = 200  # train images
-    val_images: int = 50
+    val_images: int = 200
+    test_images: int = 200  # held out: evaluated once, on the val-selected best weights
     imgsz: int = 160
     classes: int = 4  # how many of CLASS_NAMES to use (the first N)
     seed: int = 0
@@ -71,6 +76,7 @@ class SyntheticSpec:
         _check_range("classes", self.classes, 1, len(CLASS_NAMES))
         _check_range("images", self.images, 1, 1_000_000)
         _check_range("val_images", self.val_images, 1, 1_000_000)
+        _check_range("test_images", self.test_images, 1, 1_000_000)
         _check_range("imgsz", self.imgsz, 32, 4096)
         _check_range("max_objects", self.max_objects, 1, 100)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
@@ -173,7 +179,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 
 
 def _write_dataset(spec: SyntheticSpec, tmp: Path, final: Path) -> None:
-    counts = {"train": spec.images, "val": spec.val_images}
+    counts = {"train": spec.images, "val": spec.val_images, "test": spec.test_images}
     for split_id, split in enumerate(SPLITS):
         (tmp / "images" / split).mkdir(parents=True)
         (tmp / "labels" / split).mkdir(parents=True)
@@ -185,8 +191,7 @@ def _write_dataset(spec: SyntheticSpec, tmp: Path, final: Path) -> None:
             (tmp / "labels" / split / f"{stem}.txt").write_text(format_labels(labels, spec.imgsz))
     data = {
         "path": str(final),
-        "train": "images/train",
-        "val": "images/val",
+        **{split: f"images/{split}" for split in SPLITS},
         "names": dict(enumerate(spec.names)),
     }
     (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

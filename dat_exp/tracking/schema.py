@@ -58,6 +58,7 @@ METRICS: dict[str, MetricSpec] = {
     )
 }
 HEADLINE = MAP50_95  # the metric a verdict is about unless told otherwise
+# What a seed should change: compared with a test; zero spread is never evidence.
 QUALITY = tuple(name for name, m in METRICS.items() if m.over_seeds and not m.host_dependent)
 
 # Per-epoch series and other families: a prefix (or suffix) joined to a final metric's name.
@@ -69,13 +70,18 @@ SYSTEM = "system/"
 
 
 def val(metric: str) -> str:
-    """The per-epoch validation series of a final metric: ``val/mAP50-95``."""
-    return VAL + metric
+    """The per-epoch validation series of a final metric: ``val/mAP50-95``; also of its
+    ``test/`` twin, since the held-out split is evaluated once, never per epoch."""
+    return VAL + metric.removeprefix(TEST)
 
 
 def held_out(metric: str) -> str:
     """The held-out (test) split's value of a final metric: ``test/mAP50-95``."""
     return TEST + metric
+
+
+# The metrics the held-out split gets: the best (val-selected) weights evaluated once on test.
+HELD_OUT = (MAP50, MAP50_95, PRECISION, RECALL)
 
 
 def sub(metric: str, part: str) -> str:
@@ -118,7 +124,9 @@ class Tag:
     MACHINE = "host"
     DEVICE_NAME = "device_name"
     DEVICE_TYPE = "device_type"
+    BASELINE_HASH = "dat_exp.baseline_hash"  # variant hash of the placement=none twin
     # how it went
+    TEST_SKIPPED = "dat_exp.test_skipped"  # why a run has no test/* metrics
     ERROR = "dat_exp.error"
     LAST_EPOCH = "dat_exp.last_epoch"
     BATCH_CHANGED = "dat_exp.batch_changed"

@@ -9,7 +9,7 @@ import pytest
 from dat_exp.data.synthetic import SyntheticSpec, generate
 
 # Small, but with the default difficulty knobs: enough objects for statistics in under a second.
-SMALL = SyntheticSpec(images=40, val_images=8, imgsz=160, classes=4, seed=0)
+SMALL = SyntheticSpec(images=40, val_images=8, test_images=8, imgsz=160, classes=4, seed=0)
 
 
 @pytest.fixture(scope="session")

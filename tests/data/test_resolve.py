@@ -12,25 +12,38 @@ import pytest
 import yaml
 
 from dat_exp.data import DATA_CHOICES, DatasetError, check_dataset, resolve_dataset
-from dat_exp.data.resolve import label_path
+from dat_exp.data.resolve import NO_TEST, label_path
 
-SYNTH = {"name": "synthetic", "path": None, "images": 8, "val_images": 2, "imgsz": 64}
+SYNTH = {
+    "name": "synthetic",
+    "path": None,
+    "images": 8,
+    "val_images": 2,
+    "test_images": 2,
+    "imgsz": 64,
+}
 
 
 def make_dataset(root: Path, n: int = 3, labels: str = "0 0.5 0.5 0.2 0.2\n", **keys) -> Path:
     """A minimal YOLO-format dataset (images need not decode: nothing here opens them)."""
     for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            (root / "images" / split / f"{i}.jpg").write_bytes(b"")
-            (root / "labels" / split / f"{i}.txt").write_text(labels)
+        write_split(root, split, n, labels)
     data = {"path": str(root), "train": "images/train", "val": "images/val"}
     data["names"] = {0: "a", 1: "b"}
     data.update(keys)
     out = root / "data.yaml"
     out.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}))
     return out
+
+
+def write_split(root: Path, split: str, n: int = 3, labels: str | None = "0 .5 .5 .2 .2\n") -> None:
+    """``n`` images under images/<split>, each with a label file unless ``labels`` is None."""
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / "images" / split / f"{i}.jpg").write_bytes(b"")
+        if labels is not None:
+            (root / "labels" / split / f"{i}.txt").write_text(labels)
 
 
 def raises(match: str, fn, *args) -> str:
@@ -74,6 +87,7 @@ def test_synthetic_is_generated_under_runs_and_checked(tmp_path):
     assert y.parent.parent == tmp_path / "datasets" and y.name == "data.yaml"
     info = check_dataset(y)
     assert (info.nc, info.train_images, info.val_images) == (4, 8, 2)
+    assert (info.test_images, info.test_skipped) == (2, None)
     assert info.names == ("disc", "triangle", "hstripes", "vstripes")
     assert resolve_dataset(SYNTH, tmp_path) == y  # cached
 
@@ -110,6 +124,7 @@ def test_custom_valid(tmp_path):
 def test_tiny_data_fixture_passes(tiny_data):
     info = check_dataset(tiny_data)
     assert (info.nc, info.train_images, info.val_images) == (2, 8, 8)
+    assert (info.test_images, info.test_skipped) == (0, NO_TEST)
 
 
 @pytest.mark.parametrize("name", ["coco8", "coco", "VOC"])
@@ -280,3 +295,69 @@ def test_thousands_of_label_files_in_well_under_a_second(tmp_path):
     elapsed = time.perf_counter() - t
     assert info.train_images == info.val_images == 3000
     assert elapsed < 1.0, f"{elapsed:.2f} s for 6000 label files"
+
+
+# --------------------------------------------------------------------------- check_dataset: test
+
+
+def test_a_labelled_test_split_of_its_own_is_used(tmp_path):
+    write_split(tmp_path, "test", n=4)
+    info = check_dataset(make_dataset(tmp_path, test="images/test"))
+    assert (info.test_images, info.test_skipped) == (4, None)
+
+
+@pytest.mark.parametrize("test", [None, "", []])
+def test_no_test_split_is_a_reason_not_an_error(test, tmp_path):
+    info = check_dataset(make_dataset(tmp_path, test=test))
+    assert (info.test_images, info.test_skipped) == (0, "the data YAML has no test split")
+
+
+def test_unlabelled_test_images_are_not_used(tmp_path):
+    """COCO's test-dev: images whose labels only the benchmark's server has."""
+    write_split(tmp_path, "test", labels=None)
+    info = check_dataset(make_dataset(tmp_path, test="images/test"))
+    assert info.test_images == 0
+    assert info.test_skipped.startswith("none of the 3 test images has a label file; expected e.g.")
+    assert str(tmp_path / "labels" / "test" / "0.txt") in info.test_skipped
+
+
+@pytest.mark.parametrize(
+    "test,n,shared",
+    [("images/val", 3, 3), (["images/test", "images/train"], 5, 3), ("linked.txt", 1, 1)],
+)
+def test_test_images_also_in_train_or_val_are_not_used(test, n, shared, tmp_path):
+    """Ultralytics' VOC.yaml has ``val: images/test2007`` and ``test: images/test2007``; a file
+    named through a link (here in a .txt list) is the same image too."""
+    write_split(tmp_path, "test", n=2)
+    (tmp_path / "alias").symlink_to(tmp_path)
+    (tmp_path / "linked.txt").write_text(f"{tmp_path / 'alias/images/val/1.jpg'}\n")
+    info = check_dataset(make_dataset(tmp_path, test=test))
+    assert info.test_images == 0
+    assert info.test_skipped.startswith(
+        f"{shared} of the {n} test images are also in train or val, e.g. "
+    ), info.test_skipped
+    assert info.test_skipped.endswith(".jpg")
+
+
+@pytest.mark.parametrize(
+    "test,reason",
+    [
+        ("images/nope", "test folder {root}/images/nope does not exist (from test: 'images/nope'"),
+        ("notes.md", "test: 'notes.md' is a file but not a .txt list of images"),
+        ("test.txt", "{root}/test.txt: 1 listed images do not exist"),
+    ],
+)
+def test_a_broken_test_entry_is_a_reason_not_an_error(test, reason, tmp_path):
+    """Only train and val are required: a job trains, and its run says why it has no test/*."""
+    (tmp_path / "notes.md").write_text("not an image")
+    (tmp_path / "test.txt").write_text("./images/gone.jpg\n")
+    info = check_dataset(make_dataset(tmp_path, test=test))
+    assert info.test_images == 0
+    assert info.test_skipped.startswith(reason.format(root=tmp_path)), info.test_skipped
+    assert "\n" not in info.test_skipped
+
+
+def test_a_malformed_test_label_is_a_reason_with_its_file_and_line(tmp_path):
+    write_split(tmp_path, "test", labels="0 0.5 0.5 0.2\n")
+    info = check_dataset(make_dataset(tmp_path, test="images/test"))
+    assert info.test_skipped.startswith(f"{tmp_path / 'labels' / 'test' / '0.txt'}:1: malformed")

@@ -1,5 +1,6 @@
-"""The embedded dataset: deterministic bytes, valid labels, a task with scales, classes, occlusion,
-safe caching; and (slow) that YOLOv8n learns its tiny configuration under the smoke settings."""
+"""The embedded dataset: deterministic bytes, a held-out split disjoint from train and val, valid
+labels, a task with scales, classes, occlusion, safe caching; and (slow) that YOLOv8n learns its
+tiny configuration under the smoke settings."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import yaml
 from dat_exp.data import synthetic
 from dat_exp.data.synthetic import CLASS_NAMES, SyntheticSpec, clip_box, generate
 
-TINY_A = SyntheticSpec(images=6, val_images=3, imgsz=96, classes=4, seed=0)
+TINY_A = SyntheticSpec(images=6, val_images=3, test_images=3, imgsz=96, classes=4, seed=0)
 # The calibrated tiny training configuration (see test_tiny_configuration_learns).
 TINY_TRAIN = SyntheticSpec(
     images=160,
     val_images=16,
+    test_images=16,
     imgsz=96,
     classes=2,
     clutter=0.0,
@@ -62,13 +64,50 @@ def test_same_spec_gives_identical_bytes(tmp_path):
     b = generate(TINY_A, tmp_path / "b")
     assert a.parent.name == b.parent.name == f"synthetic-{TINY_A.digest()}"
     ha, hb = file_hashes(a.parent), file_hashes(b.parent)
-    assert len([k for k in ha if k.endswith(".png")]) == 9
+    assert len([k for k in ha if k.endswith(".png")]) == 12
+    assert len([k for k in ha if k.startswith("images/test/")]) == 3
     assert ha == hb
+
+
+# sha256 of files that generator version 1, which had no test split, wrote for TINY_A's train
+# and val (under images/ and labels/): adding the split and bumping the version changed none.
+V1_IMAGES = {
+    "train/train_00000.png": "5aea4373941d85c2a7ade4701708350ec814b5fffed73f497641a12d9ac118d3",
+    "train/train_00005.png": "f7a7fb1708499329b1cb03bb7327a9931e7902451fd22ab3a452c5c03a3f9bfb",
+    "val/val_00000.png": "724fd061997f48f71ffde5379588ede7489b1081eb805403123d59eac3a72918",
+    "val/val_00002.png": "19c9235134e57d413f49249ff18e36765aadba564a86ca4eab8bca4d0e4eed61",
+}
+V1_LABELS = {
+    "train/train_00005.txt": "efd77c016e2a7f4a8a472533100541f11faab258dcdac7dd06f4ae9e77da2e3b",
+    "val/val_00002.txt": "7a803b941e0ae4a1d05b7f596b820dd4d571201a4ea5d6d5e63521554bb395ea",
+}
+
+
+def test_train_and_val_are_the_files_of_generator_v1(tmp_path):
+    hashes = file_hashes(generate(TINY_A, tmp_path).parent)
+    assert {k: hashes[f"images/{k}"] for k in V1_IMAGES} == V1_IMAGES
+    assert {k: hashes[f"labels/{k}"] for k in V1_LABELS} == V1_LABELS
+
+
+def test_the_test_split_is_held_out_and_labelled(tmp_path):
+    """Its own pictures: no image of train or val, byte for byte (a third generator stream)."""
+    y = generate(TINY_A, tmp_path)
+    assert yaml.safe_load(y.read_text())["test"] == "images/test"
+    images = {
+        split: {f.read_bytes() for f in (y.parent / "images" / split).glob("*.png")}
+        for split in synthetic.SPLITS
+    }
+    assert [len(images[s]) for s in synthetic.SPLITS] == [6, 3, 3]  # no repeat within a split
+    assert not images["test"] & (images["train"] | images["val"])
+    assert sum(map(len, read_labels(y).values())) > 0
+    assert len(list((y.parent / "labels" / "test").glob("*.txt"))) == 3
 
 
 def test_seed_changes_images_and_folder(tmp_path):
     a = generate(TINY_A, tmp_path)
-    b = generate(SyntheticSpec(images=6, val_images=3, imgsz=96, classes=4, seed=1), tmp_path)
+    b = generate(
+        SyntheticSpec(images=6, val_images=3, test_images=3, imgsz=96, classes=4, seed=1), tmp_path
+    )
     assert a.parent != b.parent
     ha, hb = file_hashes(a.parent), file_hashes(b.parent)
     pngs = [k for k in ha if k.endswith(".png")]
@@ -80,6 +119,7 @@ def test_digest_is_stable_and_covers_every_field():
     variants = [
         SyntheticSpec(images=201),
         SyntheticSpec(val_images=51),
+        SyntheticSpec(test_images=51),
         SyntheticSpec(imgsz=128),
         SyntheticSpec(classes=5),
         SyntheticSpec(seed=3),
@@ -98,15 +138,17 @@ def test_layout_and_yaml(small_data):
     data = yaml.safe_load(small_data.read_text())
     assert data["path"] == str(root) and Path(data["path"]).is_absolute()
     assert data["train"] == "images/train" and data["val"] == "images/val"
+    assert data["test"] == "images/test"
     assert data["names"] == {0: "disc", 1: "triangle", 2: "hstripes", 3: "vstripes"}
     assert len(list((root / "images/train").glob("*.png"))) == 40
     assert len(list((root / "images/val").glob("*.png"))) == 8
+    assert len(list((root / "images/test").glob("*.png"))) == 8
     assert (root / synthetic.MARKER).is_file()
 
 
 def test_labels_are_valid(small_data):
     labels = read_labels(small_data)
-    assert len(labels) == 48  # every image has a label file
+    assert len(labels) == 56  # every image has a label file
     for image, rows in labels.items():
         for row in rows:
             assert len(row) == 5, image
@@ -171,7 +213,8 @@ def test_stripe_classes_differ_only_in_orientation():
 
 
 def test_fewer_classes_use_the_first_names(tmp_path):
-    y = generate(SyntheticSpec(images=20, val_images=2, imgsz=64, classes=2), tmp_path)
+    spec = SyntheticSpec(images=20, val_images=2, test_images=2, imgsz=64, classes=2)
+    y = generate(spec, tmp_path)
     assert yaml.safe_load(y.read_text())["names"] == {0: CLASS_NAMES[0], 1: CLASS_NAMES[1]}
     assert {int(r[0]) for rs in read_labels(y).values() for r in rs} == {0, 1}
 
@@ -182,6 +225,7 @@ def test_fewer_classes_use_the_first_names(tmp_path):
         ({"classes": 0}, "classes=0 must be an integer in 1..6"),
         ({"classes": 7}, "classes=7 must be an integer in 1..6"),
         ({"images": 0}, "images=0"),
+        ({"test_images": 0}, "test_images=0 must be an integer in 1..1000000"),
         ({"imgsz": 16}, "imgsz=16 must be an integer in 32..4096"),
         ({"seed": -1}, "seed=-1"),
         ({"min_size": 0.5, "max_size": 0.2}, "min_size=0.5"),
@@ -233,7 +277,7 @@ def test_incomplete_folder_is_replaced(tmp_path):
     final = tmp_path / f"synthetic-{TINY_A.digest()}"
     (final / "images").mkdir(parents=True)  # e.g. copied by hand, no marker
     y = generate(TINY_A, tmp_path)
-    assert (final / synthetic.MARKER).is_file() and len(list(final.rglob("*.png"))) == 9
+    assert (final / synthetic.MARKER).is_file() and len(list(final.rglob("*.png"))) == 12
     assert y == final / "data.yaml"
 
 
@@ -296,8 +340,8 @@ def test_generation_is_fast(tmp_path):
     import time
 
     t = time.perf_counter()
-    generate(SyntheticSpec(images=100, val_images=25), tmp_path)
-    assert time.perf_counter() - t < 5  # 250 images at 160 px take ~3 s on 2 busy cores
+    generate(SyntheticSpec(images=100, val_images=25, test_images=25), tmp_path)
+    assert time.perf_counter() - t < 5  # 150 images at 160 px take ~3 s on 2 busy cores
 
 
 # --------------------------------------------------------------------------- calibration

@@ -22,6 +22,7 @@ TINY = [
     "train.batch=8",
     "data.images=16",
     "data.val_images=8",
+    "data.test_images=8",
     "data.imgsz=128",
 ]
 
@@ -33,6 +34,7 @@ CALIBRATED = [
     "train.imgsz=96",
     "data.images=160",
     "data.val_images=16",
+    "data.test_images=16",
     "data.imgsz=96",
     "data.classes=2",
     "data.clutter=0",

@@ -40,6 +40,9 @@ TAG_KEYS = {
     "BATCH_CHANGED": "dat_exp.batch_changed",
     "SWEEP": "dat_exp.sweep",
     "OVERRIDES": "dat_exp.overrides",
+    "REUSED": "dat_exp.reused.",
+    "BASELINE_HASH": "dat_exp.baseline_hash",
+    "TEST_SKIPPED": "dat_exp.test_skipped",
     "PARENT": "mlflow.parentRunId",
     "NOTE": "mlflow.note.content",
     "DEVICE_NAME": "device_name",
@@ -57,7 +60,14 @@ def test_logged_names_are_the_ones_stored_runs_have():
 
 def test_the_naming_scheme():
     assert schema.val("mAP50-95") == "val/mAP50-95"
+    assert schema.val("test/mAP50-95") == "val/mAP50-95", "test is never evaluated per epoch"
     assert schema.held_out("mAP50-95") == "test/mAP50-95"
+    assert [schema.held_out(m) for m in schema.HELD_OUT] == [
+        "test/mAP50",
+        "test/mAP50-95",
+        "test/precision",
+        "test/recall",
+    ]
     assert schema.sub("mAP50-95", "small") == "mAP50-95_small"
     assert schema.dat_diagnostic(15, "offset_cells") == "dat/L15/offset_cells"
     assert schema.search_tag(Tag.CONFIG_HASH) == "tags.`dat_exp.config_hash`"
