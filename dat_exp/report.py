@@ -1,4 +1,5 @@
-"""``python -m dat_exp.report [EXPERIMENT | --sweep PARENT_RUN_ID] [--tracking-uri URI]``
+"""``python -m dat_exp.report [EXPERIMENT | --sweep PARENT_RUN_ID] [--tracking-uri URI]
+[--metric M] [--alpha A] [--target-delta D] [--pool-code-versions]``
 
 Writes a Markdown and an HTML report (the per-variant table against the baseline, the failures,
 the plots, a DAT sampling-point picture) into ``runs/reports/<name>/``, logs it to the sweep's
@@ -29,23 +30,46 @@ from dat_exp.analysis import (
     failures_table,
     latest_sweep,
     load_runs,
+    planner,
     sampling_picture,
     save_png,
     table,
     tradeoff_figure,
 )
+from dat_exp.analysis.stats import ALPHA, MEANINGS, Verdict, deterministic
+from dat_exp.analysis.summary import HELD_OUT_HEADLINE, OPTIMISTIC, check_options, level
 from dat_exp.env import runs_dir
 from dat_exp.tracking import schema
 from dat_exp.tracking.notes import markdown_table
 
 HOW_TO_READ = (
-    "Each row is one variant (every setting but the seed), its metrics the mean over its seeds "
-    "± the half-width of the Student-t 95% interval of that mean. Δ is the variant's mean minus "
-    "its baseline's (placement=none with the same model, data, train preset and device type, "
-    "from anywhere in the experiment), with Welch's 95% interval; p is the paired t-test over "
-    "the seeds both have. 'not distinguishable': the Δ interval contains zero; 'single run': "
-    "one side has one run, so there is no interval. Failed runs are listed apart and are in no "
-    "mean; 'superseded' means the same config later finished."
+    "Each row is one variant (every setting but the seed). n counts its distinct seeds: runs of "
+    "one seed are averaged first and shown as repeats, never as more n. Its metrics are the mean "
+    "over seeds ± the half-width of the Student-t 95% interval of that mean. Δ is the variant's "
+    "mean minus its baseline's: its placement=none twin with exactly the same other settings "
+    "(matched by the run's baseline tag, else its config.yaml), of the same code version, from "
+    f"anywhere in the experiment. The headline metric is {HELD_OUT_HEADLINE} (the held-out "
+    "split) when every run of every comparison has it, else the val split's, "
+    f"{OPTIMISTIC}. Every comparison with a p-value is one family of size m (stated above); "
+    "Bonferroni: p is Welch's two-sided p, p adj. = min(1, m p), and the Δ interval is "
+    f"simultaneous at 1 − α/m, so a verdict is '{Verdict.BETTER}' or '{Verdict.WORSE}' exactly "
+    "when p < α/m, which is when that interval excludes 0. The family depends on the report: "
+    f"the same comparison can be '{Verdict.BETTER}' in a sweep's report and "
+    f"'{Verdict.NOT_DISTINGUISHABLE}' in an experiment-wide one, "
+    "with more comparisons. Verdicts: "
+    + "; ".join(f"'{word}': {meaning}" for word, meaning in MEANINGS.items())
+    + ". GFLOPs and params are compared exactly (Δ, ratio); latency and training time depend on "
+    "the machine and get a verdict only when every run of the comparison ran on one device. "
+    "The paired t-test's p is in variants.csv. Failed runs are listed apart and are in no mean; "
+    "'superseded' means the same config later finished."
+)
+PLANNER_HOW_TO_READ = (
+    "Before paying for more seeds: σ is the pooled within-variant SD of the metric over this "
+    "report's variants (its df beside it); per comparison, the smallest Δ that its own test "
+    f"(two-sided Welch at α/m) detects with {planner.POWER:.0%} power at its current seed "
+    f"counts, found by simulating that test; 'none' when no Δ up to {planner.MAX_EFFECT:g}σ is "
+    "detected. With --target-delta, the seeds per side that Δ needs (at most "
+    f"{planner.CAP}). Plan at least 3 seeds."
 )
 FAILURE_COLUMNS = ["run_id", "variant", "seed", "status", "error", "superseded"]
 
@@ -61,20 +85,30 @@ class Report:
 
 # -- selection -----------------------------------------------------------------------------------
 def select(
-    experiment: str | None = None, sweep: str | None = None, tracking_uri: str | None = None
+    experiment: str | None = None,
+    sweep: str | None = None,
+    tracking_uri: str | None = None,
+    pool_code_versions: bool = False,
 ) -> RunSet:
-    """The runs to report on: a sweep, an experiment, or (neither given) the latest sweep."""
+    """The runs to report on: a sweep, an experiment, or (neither given) the latest sweep; per
+    variant its newest code version's runs, or all of them pooled."""
     if sweep is None and experiment is None:
         sweep = latest_sweep(tracking_uri)
-    return load_runs(experiment=experiment, sweep=sweep, tracking_uri=tracking_uri)
+    return load_runs(
+        experiment=experiment,
+        sweep=sweep,
+        tracking_uri=tracking_uri,
+        pool_code_versions=pool_code_versions,
+    )
 
 
 def sampling_run(runs: pd.DataFrame, metric: str = schema.HEADLINE) -> str | None:
     """The DAT run with the best ``metric``: the one whose sampling points are pictured."""
     dat = runs[runs["placement"] != "none"]
-    if dat.empty:
+    if dat.empty or metric not in dat:
         return None
-    return str(dat.sort_values(metric, ascending=False)["run_id"].iloc[0])
+    lowest_first = schema.spec(metric).higher_is_better is False
+    return str(dat.sort_values(metric, ascending=lowest_first)["run_id"].iloc[0])
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -89,9 +123,10 @@ def write_figures(analysis: Analysis, out: Path, sampling: bool = True) -> Repor
     report.figures[f"{m} vs latency"] = save_png(
         tradeoff_figure(v, schema.LATENCY_MS, m), out / "tradeoff_latency.png"
     )
-    history = epoch_history(analysis.runset.runs, schema.val(m), uri)
-    report.figures[f"{schema.val(m)} per epoch"] = save_png(
-        curves_figure(history, schema.val(m)), out / "curves.png"
+    series = schema.val(m)
+    history = epoch_history(analysis.runset.runs, series, uri)
+    report.figures[f"{series} per epoch"] = save_png(
+        curves_figure(history, series), out / "curves.png"
     )
     heat, note = delta_heatmap(v, metric=m)
     if heat is not None:
@@ -130,7 +165,20 @@ def header_lines(analysis: Analysis) -> list[str]:
         f"Store `{rs.tracking_uri}`, experiment `{rs.experiment}`{sweep}.",
         f"{len(rs.runs)} finished runs in {len(analysis.variants)} variants; "
         f"{len(rs.failures)} not finished. Generated {datetime.now():%Y-%m-%d %H:%M}.",
+        family_line(analysis),
     ]
+
+
+def family_line(analysis: Analysis) -> str:
+    """The family's size m and α (or why there is no family)."""
+    m, alpha, metric = analysis.family_size, analysis.alpha, analysis.metric
+    if deterministic(metric):
+        return f"{metric} is deterministic: compared exactly (Δ and ratio), without verdicts."
+    target = f", target delta ±{analysis.target_delta:g}" if analysis.target_delta else ""
+    return (
+        f"Verdicts on {metric}: one family of m = {m} comparison(s), α = {alpha:g} "
+        f"(Bonferroni: p < α/m, intervals simultaneous at {level(alpha, m)}){target}."
+    )
 
 
 def render_markdown(analysis: Analysis, report: Report) -> str:
@@ -138,7 +186,11 @@ def render_markdown(analysis: Analysis, report: Report) -> str:
     for warning in analysis.warnings:
         parts += [f"> **{warning}**", ""]
     parts += header_lines(analysis) + ["", "## Variants", "", markdown_table(table(analysis))]
-    parts += ["", HOW_TO_READ, "", "## Runs that did not finish", ""]
+    parts += [""] + [f"- {note}" for note in analysis.notes] + ["", HOW_TO_READ, ""]
+    if analysis.plan:
+        parts += ["## Seed planner", "", PLANNER_HOW_TO_READ, ""]
+        parts += [f"- {line}" for line in analysis.plan] + [""]
+    parts += ["## Runs that did not finish", ""]
     failures = failures_table(analysis)[FAILURE_COLUMNS]
     parts.append(markdown_table(failures) if not failures.empty else "None.")
     parts += ["", "## Plots", ""]
@@ -153,11 +205,12 @@ def render_html(analysis: Analysis, report: Report) -> str:
     body = [f"<h1>{esc(title(analysis.runset))}</h1>"]
     body += [f'<p class="warning">{esc(w)}</p>' for w in analysis.warnings]
     body += [f"<p>{esc(line.replace('`', ''))}</p>" for line in header_lines(analysis)]
-    body += [
-        "<h2>Variants</h2>",
-        table(analysis).to_html(index=False),
-        f"<p>{esc(HOW_TO_READ)}</p>",
-    ]
+    body += ["<h2>Variants</h2>", table(analysis).to_html(index=False), "<ul>"]
+    body += [f"<li>{esc(note)}</li>" for note in analysis.notes] + ["</ul>"]
+    body.append(f"<p>{esc(HOW_TO_READ)}</p>")
+    if analysis.plan:
+        body += ["<h2>Seed planner</h2>", f"<p>{esc(PLANNER_HOW_TO_READ)}</p>", "<ul>"]
+        body += [f"<li>{esc(line)}</li>" for line in analysis.plan] + ["</ul>"]
     failures = failures_table(analysis)[FAILURE_COLUMNS]
     body += [
         "<h2>Runs that did not finish</h2>",
@@ -222,6 +275,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="report folder (default: runs/reports/<name>)")
     parser.add_argument("--no-sampling", action="store_true", help="no sampling-point picture")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    parser.add_argument(
+        "--metric",
+        help=f"the metric of the verdicts (default: {HELD_OUT_HEADLINE} when every compared run "
+        f"has it, else {schema.HEADLINE})",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=ALPHA, help="family-wise error rate (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--target-delta",
+        type=float,
+        help=f"|Δ| below which a comparison can be '{Verdict.EQUIVALENT}' (TOST); none by default",
+    )
+    parser.add_argument(
+        "--pool-code-versions",
+        action="store_true",
+        help="pool the runs of every code version (default: each variant's newest only)",
+    )
     args = parser.parse_args(argv)
     if args.experiment and args.sweep:
         parser.error("give an experiment or --sweep, not both")
@@ -231,7 +302,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        analysis = analyse(select(args.experiment, args.sweep, args.tracking_uri))
+        check_options(args.alpha, args.target_delta)  # before the store: a typo costs no load
+        runset = select(args.experiment, args.sweep, args.tracking_uri, args.pool_code_versions)
+        analysis = analyse(runset, args.metric, alpha=args.alpha, target_delta=args.target_delta)
         report = build_report(analysis, args.out, sampling=not args.no_sampling)
         logged = None if args.no_log else log_report(analysis, report)
     except AnalysisError as err:
@@ -242,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n".join(analysis.warnings + [""]) if analysis.warnings else "", end="")
     print(table(analysis).to_string(index=False))
+    print("\n".join(["", *header_lines(analysis)[2:], *analysis.notes]))
+    print("\n".join(["", *analysis.plan]) if analysis.plan else "", end="")
     print(f"\nreport: {report.markdown}\n        {report.html}")
     for note in report.notes:
         print(f"note: {note}")

@@ -7,23 +7,37 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from dat_exp.analysis.load import FAILURE_COLUMNS, RunSet
 from dat_exp.tracking import schema
 
 BASE = {"model": "yolov8n", "data": "synthetic", "train": "smoke", "device_type": "cpu"}
+CODE = "v1"
+DEVICE_NAME = "Test CPU"
+
+
+def variant_hash(variant: str, device_type: str = "cpu", model: str = "") -> str:
+    """A fake run's variant hash: its variant's name, device type and model override."""
+    return f"h-{variant}-{device_type}-{model}"
 
 
 def run(variant: str, seed: int, placement: str = "sppf", **values) -> dict:
-    """One FINISHED run; the variant hash is the variant's name (unique per test)."""
+    """One FINISHED run of code version ``v1`` on one device; the variant hash is the variant's
+    name (unique per test); tagged with the ``none`` variant of the same device type and model
+    as its baseline (pass ``baseline_hash=None`` for a run from before the tag)."""
+    device, model = values.get("device_type", "cpu"), values.get("model", "")
     row = {
         **BASE,
-        "run_id": f"{variant}-{seed}-{values.get('device_type', 'cpu')}",
+        "run_id": f"{variant}-{seed}-{device}",
         "variant": variant,
-        "variant_hash": f"h-{variant}-{values.get('device_type', 'cpu')}-{values.get('model', '')}",
+        "variant_hash": variant_hash(variant, device, model),
+        "baseline_hash": variant_hash("none", device, model),
         "config_hash": f"c-{variant}-{seed}",
+        "code_version": CODE,
         "placement": placement,
         "levels": "" if placement == "none" else "P5",
         "seed": seed,
         "status": "FINISHED",
+        "device_name": DEVICE_NAME,
         "dat.pe": "table",
     }
     row.update(values)
@@ -33,7 +47,24 @@ def run(variant: str, seed: int, placement: str = "sppf", **values) -> dict:
 def frame(rows: list[dict]) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out["start_time"] = pd.date_range("2025-01-01", periods=len(out), freq="min")
+    out["run_id"] = [f"{r}-{i}" for i, r in enumerate(out["run_id"])]  # repeats are other runs
     return out
+
+
+def runset(runs: pd.DataFrame, pool: pd.DataFrame | None = None, **fields) -> RunSet:
+    """A RunSet of ``runs`` (and ``pool``, default the runs themselves) without a store."""
+    return RunSet(
+        tracking_uri="sqlite:///nowhere.db",
+        experiment="fake",
+        experiment_id="0",
+        sweep_id=None,
+        sweep_name=None,
+        runs=runs,
+        failures=pd.DataFrame(columns=FAILURE_COLUMNS),
+        pool=runs if pool is None else pool,
+        set_aside=runs.iloc[:0],
+        **fields,
+    )
 
 
 def grid_sweep(seeds: int = 3) -> pd.DataFrame:
