@@ -35,6 +35,7 @@ class SweepState:
     results: list[JobResult] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)  # config hash -> job number
     tracking: dict[str, Any] | None = None  # the sweep's store, for its parent run
+    plan: list[str] = field(default_factory=list)  # a dry run's seed plan, printed at its end
 
     @property
     def failed(self) -> bool:
@@ -212,13 +213,15 @@ def _module_line(index: int, level: str, channels: int, s: dict[str, Any]) -> st
 SUMMARY_METRICS = {
     schema.MAP50: schema.MAP50,
     schema.MAP50_95: schema.MAP50_95,
+    schema.held_out(schema.MAP50_95): schema.held_out(schema.MAP50_95),
     schema.GFLOPS: "GFLOPs",
     schema.LATENCY_MS: schema.LATENCY_MS,
 }
 
 
 def summary_frame(results: list[JobResult]):
-    """One row per job: variant, the headline metrics, status, and the run or the reason."""
+    """One row per job: variant, the headline metrics, whether a finished run was reused for
+    it, status, and the run or the reason."""
     import pandas as pd
 
     rows = [
@@ -226,6 +229,7 @@ def summary_frame(results: list[JobResult]):
             "job": i,
             "variant": r.variant,
             **{title: r.metrics.get(m) for m, title in SUMMARY_METRICS.items()},
+            "reused": "yes" if r.status == "SKIPPED" and r.run_id else "",
             "status": r.status,
             "run / reason": r.reason or r.run_id or "",
         }
@@ -342,11 +346,13 @@ def composition_error(err: BaseException) -> str:
     return "; ".join(parts) or type(err).__name__
 
 
-def check_every_job(config: DictConfig) -> None:
-    """Compose and check every job of the sweep; list the invalid ones and start none."""
+def check_every_job(config: DictConfig) -> list[dict[str, Any]]:
+    """Compose and check every job of the sweep; list the invalid ones and start none.
+    Returns the sweep's jobs, resolved."""
     jobs = sweep_jobs(config)
     searched = search_space_jobs(config, jobs[0] if len(jobs) == 1 else [])
     problems = []
+    composed = []
     first: dict[str, int] = {}
     repeated: dict[int, int] = {}
     for number, overrides in enumerate(jobs + searched):
@@ -355,6 +361,7 @@ def check_every_job(config: DictConfig) -> None:
             cfg = compose_job(config, overrides)
             validate_job(cfg)
             h = config_hash(cfg)
+            composed += [cfg] if number < len(jobs) else []
             if h in first and number < len(jobs):
                 repeated[number] = first[h]
             first.setdefault(h, number)
@@ -374,6 +381,7 @@ def check_every_job(config: DictConfig) -> None:
     # Job numbers are the basic sweeper's; another sweeper (Optuna) numbers its own trials.
     basic = "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_"))
     os.environ[DUPLICATES_ENV] = json.dumps(repeated if basic else {})
+    return composed
 
 
 def prepare_ray_launcher(config: DictConfig, names: tuple[str, ...]) -> None:
@@ -401,9 +409,13 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         STATE.results.clear()
         STATE.seen.clear()
-        check_every_job(config)
+        STATE.plan.clear()
+        jobs = check_every_job(config)
         cfg = resolve(config)
         if cfg["dry_run"]:
+            from dat_exp.planning import sweep_plan
+
+            STATE.plan = sweep_plan(jobs)
             return
         from dat_exp.tracking.store import client_for, experiment_id, start_run
 
@@ -422,6 +434,8 @@ class SweepCallback(Callback):
         if not STATE.results and parent:  # the jobs ran in a launcher's other processes
             STATE.results.extend(results_from_store(cfg["tracking"], parent))
         print_summary(STATE.results, cfg["tracking"])
+        if STATE.plan:
+            print("\n" + "\n".join(STATE.plan))
         parent = os.environ.pop(PARENT_ENV, None)
         if parent:
             from dat_exp.tracking.notes import set_sweep_note

@@ -37,6 +37,7 @@ TAGS = {
     Tag.VARIANT_HASH: "variant_hash",
     Tag.CONFIG_HASH: "config_hash",
     Tag.CODE_VERSION: "code_version",
+    Tag.BASELINE_HASH: "baseline_hash",
     Tag.DEVICE_TYPE: "device_type",
     Tag.DEVICE_NAME: "device_name",
     Tag.ERROR: "error",
@@ -49,6 +50,7 @@ CONFIG = [
     "variant_hash",
     "config_hash",
     "code_version",
+    "baseline_hash",
     "placement",
     "levels",
     "model",
@@ -86,11 +88,13 @@ class RunSet:
     experiment_id: str
     sweep_id: str | None
     sweep_name: str | None
-    runs: pd.DataFrame  # FINISHED runs of the selection, one row per run
+    runs: pd.DataFrame  # FINISHED runs of the selection, one row per run; ``reused`` column
     failures: pd.DataFrame  # the selection's runs that did not finish
-    pool: pd.DataFrame  # FINISHED runs of the whole experiment: where baselines are found
+    # FINISHED runs of the whole experiment, every code version: where baselines are found
+    pool: pd.DataFrame
     # FINISHED runs left out because their variant has runs of a newer code version
     set_aside: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pooled_code_versions: bool = False  # runs of every code version pooled, on request
 
     @property
     def name(self) -> str:
@@ -173,9 +177,12 @@ def load_runs(
     experiment: str | None = None,
     sweep: str | None = None,
     tracking_uri: str | None = None,
+    pool_code_versions: bool = False,
 ) -> RunSet:
-    """The runs of ``sweep`` (a parent run id) or of ``experiment`` (default ``dat-exp``).
+    """The runs of ``sweep`` (a parent run id: its children and the finished runs its jobs
+    were skipped for, column ``reused``) or of ``experiment`` (default ``dat-exp``).
 
+    Per variant only the runs of its newest code version, unless ``pool_code_versions``.
     Raises AnalysisError, naming what was asked for, when it does not exist or has no FINISHED
     run.
     """
@@ -189,8 +196,14 @@ def load_runs(
     with _tracking(uri):
         raw = mlflow.search_runs([exp.experiment_id], output_format="pandas")
     everything = tidy(raw)
-    selected = everything[everything["parent_run_id"] == sweep] if sweep else everything
-    finished, set_aside = newest_code_only(selected[selected["status"] == "FINISHED"])
+    reused = reused_runs(parent)
+    everything["reused"] = everything["run_id"].isin(reused)
+    chosen = (everything["parent_run_id"] == sweep) | everything["reused"]
+    selected = everything[chosen] if sweep else everything.assign(reused=False)
+    finished = selected[selected["status"] == "FINISHED"].reset_index(drop=True)
+    set_aside = finished.iloc[:0]
+    if not pool_code_versions:
+        finished, set_aside = newest_code_only(finished)
     what = f"sweep {sweep!r}" if sweep else f"experiment {exp.name!r}"
     if finished.empty:
         raise AnalysisError(_nothing_finished(what, selected))
@@ -202,9 +215,18 @@ def load_runs(
         sweep_name=parent.info.run_name if parent is not None else None,
         runs=finished,
         failures=failures(selected, everything),
-        pool=newest_code_only(everything[everything["status"] == "FINISHED"])[0],
+        pool=everything[everything["status"] == "FINISHED"].reset_index(drop=True),
         set_aside=set_aside,
+        pooled_code_versions=pool_code_versions,
     )
+
+
+def reused_runs(parent: Any | None) -> set[str]:
+    """Ids of the FINISHED runs a sweep's jobs were skipped for (its ``dat_exp.reused.*``
+    tags): a sweep run again after an interruption reports every job, not only the new ones."""
+    if parent is None:
+        return set()
+    return {v for k, v in parent.data.tags.items() if k.startswith(Tag.REUSED)}
 
 
 def newest_code_only(finished: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -217,7 +239,11 @@ def newest_code_only(finished: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def set_aside_warning(runset: RunSet) -> list[str]:
-    """One line per variant with runs of older code left out of its statistics."""
+    """One line per variant with runs of older code left out of its statistics, or the one
+    line saying that code versions were pooled on request."""
+    if runset.pooled_code_versions:
+        versions = ", ".join(sorted(runset.runs["code_version"].fillna("not recorded").unique()))
+        return [f"NOTE: --pool-code-versions: runs of code versions {versions} pooled"]
     lines = []
     for variant, runs in runset.set_aside.groupby("variant", sort=False):
         versions = ", ".join(sorted(runs["code_version"].fillna("not recorded").unique()))

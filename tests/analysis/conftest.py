@@ -25,6 +25,8 @@ class SweepStore:
     finished: dict[str, str]  # run id -> placement
     failed_id: str  # a failure nothing replaced
     superseded_id: str  # a failure whose config finished later
+    reused: set[str]  # runs of the first sweep that the analysed (second) sweep skipped for
+    summary: str  # what the second sweep printed
 
 
 def add_failed_run(
@@ -54,18 +56,25 @@ def add_failed_run(
 
 @pytest.fixture(scope="session")
 def sweep_store(tmp_path_factory) -> SweepStore:
+    """The README's way to add a seed: a sweep of seed 0, then the same sweep with seeds 0,1.
+    The second sweep (the one analysed) trains seed 1 and reuses the seed-0 runs."""
     work = tmp_path_factory.mktemp("analysis") / "work"
     work.mkdir()
-    out = run_entry(work, "-m", "placement=none,sppf", "seed=0,1", *CALIBRATED)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for seeds in ("seed=0", "seed=0,1"):
+        out = run_entry(work, "-m", "placement=none,sppf", seeds, *CALIBRATED)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     uri = f"sqlite:///{work / 'runs' / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
-    parents = client.search_runs([exp], f"{search_tag(Tag.SWEEP)} = 'true'")
-    assert len(parents) == 1, f"the sweep logged {len(parents)} parent runs:\n{out.stderr[-3000:]}"
-    sweep = parents[0].info.run_id
+    parents = client.search_runs(
+        [exp], f"{search_tag(Tag.SWEEP)} = 'true'", order_by=["attributes.start_time DESC"]
+    )
+    assert len(parents) == 2, f"{len(parents)} parent runs, not 2:\n{out.stderr[-3000:]}"
+    sweep, first = (p.info.run_id for p in parents)
     children = client.search_runs([exp], f"{search_tag(Tag.PARENT)} = '{sweep}'")
-    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    reused = client.search_runs([exp], f"{search_tag(Tag.PARENT)} = '{first}'")
+    assert {r.data.params["seed"] for r in reused} == {"0"}
     sppf = next(r for r in children if r.data.params["placement"] == "sppf")
     failed = add_failed_run(client, sppf, sweep, "2", "f" * 12, int(time.time() * 1000))
     superseded = add_failed_run(
@@ -76,5 +85,6 @@ def sweep_store(tmp_path_factory) -> SweepStore:
         sppf.data.tags[Tag.CONFIG_HASH],
         sppf.info.start_time - 60_000,  # failed a minute before the same config finished
     )
-    finished = {r.info.run_id: r.data.params["placement"] for r in children}
-    return SweepStore(work, uri, exp, sweep, finished, failed, superseded)
+    finished = {r.info.run_id: r.data.params["placement"] for r in children + reused}
+    reused_ids = {r.info.run_id for r in reused}
+    return SweepStore(work, uri, exp, sweep, finished, failed, superseded, reused_ids, out.stdout)

@@ -1,10 +1,12 @@
-"""On a real tiny sweep (none and sppf, two seeds each) plus injected failures: the tidy table,
-the aggregate, the report through its command line, the sampling picture."""
+"""On a real tiny sweep (none and sppf, two seeds each, seed 0 reused from an earlier sweep) plus
+injected failures: the tidy table, the aggregate, the report through its command line, the
+sampling picture."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -14,6 +16,7 @@ from dat_exp.tracking.schema import DEFAULT_EXPERIMENT
 from tests.analysis.cli import network_attempts, run_report
 from tests.analysis.conftest import ABSURD
 from tests.analysis.test_plots import assert_real_png
+from tests.runner.entry import CALIBRATED, run_entry
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +60,24 @@ def test_one_row_per_finished_run(runset, sweep_store):
     assert sorted(runs["seed"]) == [0, 0, 1, 1]
     assert dict(zip(runs["placement"], runs["levels"], strict=True)) == {"none": "", "sppf": "P5"}
     assert not runs[schema.MAP50_95].isna().any()
-    assert not any("/" in c for c in runs.columns), "per-epoch series are not final metrics"
+    assert not runs[schema.held_out(schema.MAP50_95)].isna().any(), "every run has test/*"
+    series = (schema.VAL, schema.TRAIN, schema.DAT, schema.SYSTEM)
+    assert not any(c.startswith(series) for c in runs.columns), "per-epoch series are not final"
+    assert dict(zip(runs["run_id"], runs["reused"], strict=True)) == {
+        run_id: run_id in sweep_store.reused for run_id in sweep_store.finished
+    }
+    assert set(runs.loc[runs["reused"], "seed"]) == {0}
+
+
+def test_the_end_of_sweep_table_lists_the_reused_jobs(sweep_store):
+    table = sweep_store.summary.split("run / reason")[1].split("\n\n")[0]
+    rows = [line.split() for line in table.strip().splitlines()]
+    assert len(rows) == 4
+    for row in rows:  # job variant ... [reused] status run-or-reason
+        status = next(word for word in row if word in ("FINISHED", "SKIPPED"))
+        before = row[row.index(status) - 1]
+        assert (before == "yes") == (status == "SKIPPED"), row
+    assert [r[r.index("SKIPPED") + 1] for r in rows if "SKIPPED" in r] == ["done", "done"]
 
 
 def test_failures_apart_and_superseded(runset, sweep_store):
@@ -79,9 +99,11 @@ def test_aggregate_over_two_seeds_without_the_failures(runset):
         assert row[f"{schema.MAP50_95}_mean"] < ABSURD / 10
     assert v.loc["none", "verdict"] == "baseline"
     assert v.loc["sppf", "baseline_variant"] == "none"
-    assert v.loc["sppf", "baseline_match"] == "same config"
+    assert v.loc["sppf", "baseline_match"] == "tag"
+    assert v.loc["sppf", "baseline_n"] == 2
+    assert result.metric == schema.held_out(schema.MAP50_95), "every run has the test split"
     assert v.loc["sppf", "paired_n"] == 2
-    assert v.loc["sppf", "verdict"] in {"better", "worse", "not distinguishable"}
+    assert v.loc["sppf", "verdict"] in {"better", "worse", "not distinguishable", "no spread"}
 
 
 def test_experiment_holds_the_same_runs(sweep_store, runset):
@@ -94,6 +116,10 @@ def identical_seeds(runs) -> bool:
     return any(g[quality].nunique().max() == 1 for _, g in runs.groupby("variant_hash"))
 
 
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
 def test_report_command_on_the_latest_sweep(sweep_store, runset):
     out = run_report(sweep_store.work)  # no arguments: the latest sweep in ./runs/mlflow.db
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -104,8 +130,12 @@ def test_report_command_on_the_latest_sweep(sweep_store, runset):
     folder = sweep_store.work / "runs" / "reports" / runset.name
     markdown = (folder / "report.md").read_text()
     variants = markdown.split("## Variants")[1].split("\n## ")[0]
-    rows = [line for line in variants.splitlines() if line.startswith("| ")][1:]  # no header
+    lines = [line for line in variants.splitlines() if line.startswith("| ")]
+    header, rows = cells(lines[0]), [cells(line) for line in lines[1:]]
     assert len(rows) == runset.runs["variant_hash"].nunique()
+    for row in rows:  # both seeds of each variant count, the first sweep's seed 0 marked reused
+        assert row[header.index("n")] == "2" and row[header.index("repeats")] == "0", row
+        assert row[header.index("reused")] == "seed 0", row
     assert "<table" in (folder / "report.html").read_text()
     pngs = sorted(folder.glob("*.png"))
     assert {p.name for p in pngs} >= {
@@ -132,3 +162,29 @@ def test_the_test_configuration_is_calibrated(sweep_store):
     client = MlflowClient(sweep_store.uri)
     for run_id in sweep_store.finished:
         assert client.get_run(run_id).data.metrics[schema.MAP50] >= 0.1
+
+
+def test_dry_run_plans_the_seeds_with_the_spread_of_finished_runs(sweep_store, runset):
+    """σ comes from the finished runs like the planned ones; at 2 seeds per side in a family of
+    2 (Bonferroni at 0.025, Welch with about 2 df) only a Δ of about 19σ is detected."""
+    out = run_entry(
+        sweep_store.work, "-m", "placement=none,sppf,neck", "seed=0,1", "dry_run=true", *CALIBRATED
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    plan = out.stdout.split("seed planner")[1]
+    metric = schema.held_out(schema.MAP50_95)
+    assert plan.startswith(f" of {metric}: two-sided Welch at α/m = 0.05/2")
+    groups = [g.groupby("seed")[metric].mean() for _, g in runset.runs.groupby("variant_hash")]
+    df = sum(len(g) - 1 for g in groups)
+    sigma = np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / df)
+    shown = re.search(r"σ = ([0-9.]+) \(pooled over 2 variants, df = 2\)", plan)
+    assert shown and float(shown[1]) == pytest.approx(sigma, rel=0.05), plan
+    rows = re.findall(
+        r"2 vs 2 seeds: smallest Δ detected with 80% power: ([0-9.]+) \(([0-9.]+)σ\)", plan
+    )
+    assert len(rows) == 2, plan
+    for delta, effect in rows:
+        assert 18 < float(effect) < 20
+        assert float(delta) == pytest.approx(float(effect) * sigma, rel=0.06)
+    client = MlflowClient(sweep_store.uri)
+    assert len(client.search_runs([sweep_store.experiment_id])) == 8, "a dry run logs nothing"

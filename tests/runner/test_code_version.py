@@ -125,7 +125,7 @@ def test_a_run_of_other_code_is_trained_again_and_reused_only_when_asked(workdir
     (parent,) = [r for r in local_runs(workdir) if Tag.PARENT not in r.data.tags]
     note = parent.data.tags[Tag.NOTE]  # the end-of-sweep table, as the run's description
     assert note.startswith("### Summary") and "1 jobs: 1 FINISHED" in note
-    assert "| 0 | none | " in note and f"| FINISHED | {first.info.run_id} |" in note
+    assert "| 0 | none | " in note and f"|  | FINISHED | {first.info.run_id} |" in note
     local_store(workdir).set_tag(first.info.run_id, Tag.CODE_VERSION, "0" * 12)
 
     dry = run_entry(workdir, *sweep, "dry_run=true")
@@ -160,6 +160,16 @@ def test_a_run_of_other_code_is_trained_again_and_reused_only_when_asked(workdir
     assert "1 run(s) of older code (code version 000000000000) set aside" in " ".join(
         set_aside_warning(runset)
     )
+    pooled = load_runs(
+        experiment=DEFAULT_EXPERIMENT,
+        tracking_uri=local_store_uri(workdir),
+        pool_code_versions=True,
+    )
+    assert sorted(pooled.runs["run_id"]) == sorted([first.info.run_id, newest.info.run_id])
+    assert pooled.set_aside.empty
+    assert set_aside_warning(pooled) == [  # sorted: the all-zero version comes first
+        f"NOTE: --pool-code-versions: runs of code versions 000000000000, {code_version()} pooled"
+    ]
 
 
 def local_store_uri(workdir: Path) -> str:
