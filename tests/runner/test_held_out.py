@@ -1,5 +1,5 @@
-"""The held-out split through the real entry point: the best weights are evaluated once on test,
-a dataset without a usable test split says why, and every run names its baseline."""
+"""A dataset without a usable test split says why, through the real entry point (the runs with
+a test split are checked on the analysis tests' session store, test_end_to_end.py)."""
 
 from __future__ import annotations
 
@@ -11,32 +11,11 @@ from dat_exp.tracking.schema import Tag
 from tests.conftest import write_tiny_dataset
 from tests.runner.entry import TINY, local_runs, run_entry
 
-HELD_OUT = {schema.held_out(m) for m in schema.HELD_OUT}
-
 
 def children(workdir) -> list:
     runs = [r for r in local_runs(workdir) if Tag.PARENT in r.data.tags]
     assert all(r.info.status == "FINISHED" for r in runs), [r.data.tags for r in runs]
     return runs
-
-
-@pytest.mark.slow
-def test_best_weights_are_evaluated_once_on_the_test_split(workdir):
-    out = run_entry(workdir, "-m", "placement=none,sppf", *TINY, "train.epochs=1")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    runs = {r.data.params["placement"]: r for r in children(workdir)}
-    assert set(runs) == {"none", "sppf"}
-    baseline = runs["none"].data.tags[Tag.VARIANT_HASH]
-    for run in runs.values():
-        metrics = run.data.metrics
-        assert HELD_OUT <= set(metrics), HELD_OUT - set(metrics)
-        assert all(0 <= metrics[k] <= 1 for k in HELD_OUT)
-        assert Tag.TEST_SKIPPED not in run.data.tags
-        assert run.data.tags[Tag.BASELINE_HASH] == baseline
-    assert runs["sppf"].data.tags[Tag.VARIANT_HASH] != baseline
-    # Ultralytics read the test split's labels: the evaluation was on test, not on val again.
-    (dataset,) = (workdir / "runs" / "datasets").glob("synthetic-*")
-    assert (dataset / "labels" / "test.cache").is_file()
 
 
 @pytest.mark.slow
