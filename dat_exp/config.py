@@ -213,8 +213,11 @@ def hashable_config(resolved: dict[str, Any], with_seed: bool = True) -> dict[st
         if dat["no_off"]:
             for key in ("pe", "offset_range_factor", "ref_points"):
                 dat.pop(key)
-        if placement["name"] == "c2f":
+        if placement["name"] == "c2f":  # inside a bottleneck: its own residual, no wrap
             dat.pop("wrap")
+        # LayerScale is part of the residual wrap only (an old config may lack the key)
+        if placement["name"] == "c2f" or dat.get("wrap") == "bare":
+            dat.pop("layer_scale", None)
     if not with_seed:
         cfg.pop("seed")
     return cfg
@@ -243,7 +246,7 @@ def baseline_hash(resolved: dict[str, Any]) -> str:
 
 
 DAT_DEFAULTS = DATSettings()
-SHORT = {"stride": "st", "ksize": "k", "heads": "h", "groups": "g"}
+SHORT = {"stride": "st", "ksize": "k", "heads": "h", "groups": "g", "layer_scale": "ls"}
 
 
 def variant_name(resolved: dict[str, Any]) -> str:

@@ -222,7 +222,15 @@ def check_dat(
     (P3/P4/P5, the maps Detect reads). ``auto`` is the per-level default and always valid.
     """
     from dat_exp.nn.presets import preset_settings
-    from dat_exp.nn.settings import AUTO, CHOICES, DAT_KEYS, SIZING_KEYS, DATSettings, as_dict
+    from dat_exp.nn.settings import (
+        AUTO,
+        CHOICES,
+        DAT_KEYS,
+        SIZING_KEYS,
+        DATSettings,
+        as_dict,
+        valid_layer_scale,
+    )
 
     unknown = sorted(set(dat) - set(DAT_KEYS))
     if unknown:
@@ -235,6 +243,11 @@ def check_dat(
     factor = values["offset_range_factor"]
     if not _is_number(factor) or not math.isfinite(factor):
         raise InvalidJob(f"dat.offset_range_factor={_show(factor)} must be a finite number")
+    if not valid_layer_scale(values["layer_scale"]):
+        raise InvalidJob(
+            f"dat.layer_scale={_show(values['layer_scale'])} must be null (no LayerScale: "
+            "x + DAT(LN(x))) or a positive finite number (LayerScale's initial gamma, e.g. 1e-4)"
+        )
     if not isinstance(values["no_off"], bool):
         raise InvalidJob(f"dat.no_off={_show(values['no_off'])} must be true or false")
     for key in SIZING_KEYS:

@@ -25,6 +25,7 @@ from dat_exp.models.placements import (
     target_layer,
 )
 from dat_exp.nn.presets import level_settings
+from dat_exp.nn.settings import BLOCK_KEYS
 
 CHANNEL_MODULES = {"Conv", "C2f", "C3k2", "SPPF", "C2PSA"}  # first YAML arg = output channels
 
@@ -224,7 +225,8 @@ def _dat_inside(
             f"layer; choose levels without {level} or base yolov8"
         )
     settings = level_settings(level, None, imgsz, dat)
-    settings.pop("wrap")  # the bottleneck's own residual wraps it
+    for key in BLOCK_KEYS:  # the bottleneck's own residual wraps it: DAttention's keys only
+        settings.pop(key)
     n = max(round(n * depth), 1) if n > 1 else n
     if m == "C2f":
         shortcut = args[1] if len(args) > 1 else False

@@ -13,7 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from dat_exp.models.placements import LEVEL_STRIDES
-from dat_exp.nn.settings import AUTO, DAT_KEYS, PE, DATSettings, Preset, Wrap, as_dict, plain
+from dat_exp.nn.settings import (
+    AUTO,
+    DAT_KEYS,
+    NULLABLE_KEYS,
+    PE,
+    DATSettings,
+    Preset,
+    Wrap,
+    as_dict,
+    plain,
+)
 
 # Offset-network (ksize, stride) by feature stride: DAT++'s stages at a 640 input.
 LEVEL_OFFSET_NET = {8: (7, 4), 16: (5, 2), 32: (3, 1)}
@@ -52,11 +62,13 @@ def level_settings(
     dat: Mapping[str, Any] | DATSettings | None = None,
 ) -> dict[str, Any]:
     """The settings one DAT module at ``level`` is built with (DAttention's keyword arguments,
-    ``feat_size`` and ``wrap``), as plain values.
+    ``feat_size``, and DATBlock's ``wrap`` and ``layer_scale``: ``settings.BLOCK_KEYS``), as
+    plain values.
 
     The level defaults come first (offset net from ``LEVEL_OFFSET_NET``, heads from
     ``channels``, groups from those heads, ``feat_size = ceil(imgsz / level stride)``), then the
-    preset's own values, then every key of ``dat`` that is not ``auto``. ``channels=None``
+    preset's own values, then every key of ``dat`` that is not ``auto`` (nor ``None``, except
+    where ``None`` is a value: ``settings.NULLABLE_KEYS``). ``channels=None``
     (inside a block) leaves heads and groups to DAttention, which sizes them by the block's width.
     """
     if level not in LEVEL_STRIDES:
@@ -80,6 +92,7 @@ def level_settings(
     for source in (as_dict(preset), dat):
         for key in DAT_KEYS:
             value = source.get(key, AUTO)
-            if key != "preset" and value is not None and value != AUTO:
-                settings[key] = plain(value)
+            if key == "preset" or value == AUTO or (value is None and key not in NULLABLE_KEYS):
+                continue
+            settings[key] = plain(value)
     return settings

@@ -11,6 +11,7 @@ can all import it without a cycle.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -46,7 +47,7 @@ class Impl(StrEnum):
 
 
 class Wrap(StrEnum):
-    residual = "residual"  # x + LayerScale(DAttention(LayerNorm(x)))
+    residual = "residual"  # x + LayerScale(DAttention(LayerNorm(x))), see ``layer_scale``
     bare = "bare"  # the module alone, replacing the features
 
 
@@ -57,6 +58,8 @@ class DATSettings:
 
     ``stride``, ``ksize``, ``heads`` and ``groups`` take an integer or ``auto`` (the per-level
     default), so they are ``Any`` for the schema; ``validate.check_dat`` checks their values.
+    ``layer_scale`` is ``null`` (``x + DAT(LN(x))``) or LayerScale's initial gamma (> 0), used
+    by the ``residual`` wrap only: ``hashable_config`` drops it where it has no effect.
     """
 
     preset: Preset = Preset.official
@@ -68,12 +71,19 @@ class DATSettings:
     heads: Any = AUTO
     groups: Any = AUTO
     wrap: Wrap = Wrap.residual
+    # LayerScale's initial gamma in the residual wrap; null: none. 1e-4 is what the code did
+    # before the key existed (timm's LayerScale2d), so earlier models are unchanged; official
+    # DAT++ has none, the blog wraps nothing. The measurement of the dat.layer_scale issue
+    # (benchmarks/layer_scale_measurement.sh) decides the default; the presets inherit it.
+    layer_scale: float | None = 1e-4
     ref_points: RefPoints = RefPoints.datpp
     impl: Impl = Impl.auto
 
 
 DAT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(DATSettings))
 SIZING_KEYS = ("stride", "ksize", "heads", "groups")  # ``auto``: the per-level default
+NULLABLE_KEYS = ("layer_scale",)  # ``null`` is a value of these, not "unset"
+BLOCK_KEYS = ("wrap", "layer_scale")  # how DATBlock wraps DAttention, not DAttention's arguments
 # The keys whose values an enum fixes, with their choices (an alias is a valid choice too).
 CHOICES: dict[str, type[StrEnum]] = {
     "preset": Preset,
@@ -82,6 +92,14 @@ CHOICES: dict[str, type[StrEnum]] = {
     "ref_points": RefPoints,
     "impl": Impl,
 }
+
+
+def valid_layer_scale(value: Any) -> bool:
+    """``null`` (no LayerScale) or a positive finite number (LayerScale's initial gamma)."""
+    if value is None:
+        return True
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
 
 
 def plain(value: Any) -> Any:

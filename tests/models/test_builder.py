@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -265,6 +266,32 @@ def test_bad_input_names_the_value_and_choices(kwargs, error, tmp_path):
     args = {"model": "yolov8n", "placement": "neck", **kwargs}
     with pytest.raises(ValueError, match=error):
         build(args.pop("model"), NC, tmp_path, **args)
+
+
+@pytest.mark.parametrize("layer_scale", [None, 0.5])
+def test_layer_scale_reaches_every_block_and_trains_without_decay(layer_scale, tmp_path):
+    """Ultralytics builds DATBlock from the YAML's positional settings mapping: the job's
+    ``dat.layer_scale`` arrives there; gamma lands in the trainer's decay-free group; a c2f
+    block (no wrap) ignores the key."""
+    built = build("yolov8n", NC, tmp_path, "neck", dat={"layer_scale": layer_scale}, imgsz=64)
+    rows = [r for r in built.cfg["backbone"] + built.cfg["head"] if r[2] == "DATBlock"]
+    assert len(rows) == 3 and all(r[3][1]["layer_scale"] == layer_scale for r in rows)
+    blocks = [m for m in built.model.modules() if isinstance(m, DATBlock)]
+    assert len(blocks) == 3
+    if layer_scale is None:
+        assert all(b.layer_scale is None for b in blocks)
+    else:
+        gammas = [b.layer_scale.gamma for b in blocks]
+        assert all(torch.equal(g, torch.full_like(g, layer_scale)) for g in gammas)
+        trainer = object.__new__(DATDetectionTrainer)  # build_optimizer reads args and data
+        trainer.args = SimpleNamespace(lr0=0.01, optimizer="SGD", warmup_bias_lr=0.1)
+        trainer.data = {"nc": NC}
+        opt = trainer.build_optimizer(built.model, "SGD", 0.01, 0.9, 5e-4, 100)
+        free = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+        decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+        assert {id(g) for g in gammas} <= free and not {id(g) for g in gammas} & decayed
+    c2f = build("yolov8n", NC, tmp_path, "c2f", dat={"layer_scale": layer_scale}, imgsz=64)
+    assert n_dat(c2f.model) == 3
 
 
 def test_stock_yaml_is_read_from_the_package():

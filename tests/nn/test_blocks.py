@@ -11,7 +11,7 @@ from dat_exp.nn.presets import PRESETS, default_groups, default_heads, level_set
 
 def test_residual_block_starts_close_to_identity_and_bare_replaces():
     x = torch.randn(2, 64, 8, 8)
-    residual = DATBlock(64, {"feat_size": 8}, layer_scale_init=1e-4)
+    residual = DATBlock(64, {"feat_size": 8}, layer_scale=1e-4)
     bare = DATBlock(64, {"feat_size": 8}, wrap="bare")
     assert (residual(x) - x).abs().max() < 1e-2
     assert (bare(x) - x).abs().max() > 1e-1
@@ -23,9 +23,50 @@ def test_keyword_settings_override_the_mapping():
     assert b.attn.pe == "none" and b.attn.stride == 2
 
 
+def test_layer_scale_null_adds_the_attention_unscaled():
+    """``layer_scale=None``: ``x + attn(norm(x))`` exactly, with no LayerScale parameter."""
+    torch.manual_seed(0)
+    block = DATBlock(64, {"feat_size": 8, "layer_scale": None}).eval()
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(block(x), x + block.attn(block.norm(x)))
+    assert block.layer_scale is None and block.no_weight_decay_parameters() == []
+    assert not any("layer_scale" in name for name, _ in block.named_parameters())
+    assert DATBlock(64, {"feat_size": 8}, layer_scale=None).layer_scale is None  # as a keyword
+
+
+@pytest.mark.parametrize("init", [0.5, 1e-4, 1])
+def test_layer_scale_sets_the_initial_gamma(init):
+    block = DATBlock(64, {"feat_size": 8, "layer_scale": init})
+    gamma = block.layer_scale.gamma
+    assert gamma.shape == (64,) and torch.equal(gamma, torch.full((64,), float(init)))
+    assert block.no_weight_decay_parameters() == [gamma]
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        y = x + init * block.attn(block.norm(x))
+        torch.testing.assert_close(block(x), y)
+
+
+def test_layer_scale_default_is_the_settings_default_and_bare_ignores_it():
+    """The default (today's 1e-4) comes from DATSettings; ``bare`` builds no LayerScale."""
+    from dat_exp.nn.settings import DATSettings
+
+    assert DATBlock(64).layer_scale.gamma[0].item() == pytest.approx(DATSettings().layer_scale)
+    bare = DATBlock(64, {"wrap": "bare", "layer_scale": 0.5})
+    assert not hasattr(bare, "layer_scale") and bare.no_weight_decay_parameters() == []
+
+
 @pytest.mark.parametrize(
     "settings,fragment",
-    [({"wrap": "sandwich"}, "wrap='sandwich'"), ({"kernel": 3}, "bad DAT setting")],
+    [
+        ({"wrap": "sandwich"}, "wrap='sandwich'"),
+        ({"kernel": 3}, "bad DAT setting"),
+        ({"layer_scale": 0}, "layer_scale=0 is not None or a positive"),
+        ({"layer_scale": -1.0}, "layer_scale=-1.0"),
+        ({"layer_scale": float("nan")}, "layer_scale=nan"),
+        ({"layer_scale": "abc"}, "layer_scale='abc'"),
+        ({"layer_scale": True}, "layer_scale=True"),
+    ],
 )
 def test_bad_block_settings(settings, fragment):
     with pytest.raises(ValueError, match=fragment):
@@ -75,6 +116,7 @@ def test_blog_preset():
         "heads": 8,
         "groups": 1,
         "wrap": "bare",
+        "layer_scale": 1e-4,  # the default's, which the preset inherits (the wrap ignores it)
         "offset_range_factor": -1.0,
         "no_off": False,
         "ref_points": "datpp",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from dat_exp.nn import DAttention
 from dat_exp.nn.presets import level_settings
+from dat_exp.nn.settings import BLOCK_KEYS
 
 PES = ["table", "dwc", "log_cpb", "fixed", "none"]
 FACTORS = [-1.0, 0.0, 2.0]
@@ -63,7 +64,8 @@ def test_every_mode_every_size(pe, no_off, s, conv, dtype):
 @pytest.mark.parametrize("level,side,channels", [("P4", 40, 128), ("P3", 80, 64)])
 def test_large_maps_at_level_default(pe, level, side, channels):
     opts = level_settings(level, channels, 640)
-    opts.pop("wrap")
+    for key in BLOCK_KEYS:  # the block's own keys, not DAttention's
+        opts.pop(key)
     m = DAttention(channels, **{**opts, "pe": pe})
     x = torch.randn(1, channels, side, side)
     y = m(x)

@@ -1,4 +1,5 @@
-"""Position-bias parameters train without weight decay under every Ultralytics optimizer."""
+"""The parameters modules declare decay-free (DAT's position biases, LayerScale's gamma) train
+without weight decay under every Ultralytics optimizer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 from dat_exp.nn import DATBlock
-from dat_exp.nn.optim import position_bias_parameters
+from dat_exp.nn.optim import no_decay_parameters
 from dat_exp.trainer import DATDetectionTrainer
 
 
@@ -25,10 +26,11 @@ class Detector(nn.Module):
 def dat_model() -> nn.Module:
     return Detector(
         nn.Conv2d(3, 64, 3, padding=1),
-        DATBlock(64, {"pe": "table", "feat_size": 8}),
+        DATBlock(64, {"pe": "table", "feat_size": 8}),  # LayerScale at the default gamma
         DATBlock(64, {"pe": "fixed", "feat_size": 8, "stride": 2}),
-        DATBlock(64, {"pe": "log_cpb", "heads": 4, "groups": 2}),
-        DATBlock(64, {"pe": "dwc"}),
+        DATBlock(64, {"pe": "log_cpb", "heads": 4, "groups": 2, "layer_scale": 0.5}),
+        DATBlock(64, {"pe": "dwc", "layer_scale": None}),  # no LayerScale
+        DATBlock(64, {"pe": "dwc", "wrap": "bare"}),  # no wrap
         nn.Conv2d(64, 8, 1),
     )
 
@@ -57,12 +59,14 @@ def build(name: str, iterations: float) -> tuple[torch.optim.Optimizer, nn.Modul
         ("auto", 1e6),
     ],
 )
-def test_position_biases_get_no_weight_decay(name, iterations):
+def test_declared_parameters_get_no_weight_decay(name, iterations):
     opt, model, plain_groups = build(name, iterations)
-    biases = {id(p) for p in position_bias_parameters(model)}
+    biases = {id(p) for p in no_decay_parameters(model)}
+    gammas = {id(m.layer_scale.gamma) for m in model.modules() if getattr(m, "layer_scale", None)}
     # table, fixed, and the log_cpb MLP's two weights and one bias (its last Linear has no
-    # bias, as in official DAT)
-    assert len(biases) == 1 + 1 + 3
+    # bias, as in official DAT); the gamma of each of the three blocks with LayerScale
+    assert len(gammas) == 3 and gammas <= biases
+    assert len(biases) == 1 + 1 + 3 + len(gammas)
     seen: dict[int, int] = {}
     for group in opt.param_groups:
         for p in group["params"]:
@@ -75,3 +79,21 @@ def test_position_biases_get_no_weight_decay(name, iterations):
     assert len(opt.param_groups) == plain_groups, "group count kept, so saved state reloads"
     decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
     assert decayed and any(len(g["params"]) for g in decayed), "ordinary weights still decay"
+
+
+def test_every_module_is_asked_for_its_own():
+    """The optimizer code knows no module: anything defining ``no_weight_decay_parameters``
+    is asked, each parameter is listed once."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.alpha = nn.Parameter(torch.ones(3))
+
+        def no_weight_decay_parameters(self):
+            return [self.alpha, self.alpha]
+
+    model = Detector(Scaled(), DATBlock(8, {"pe": "table", "feat_size": 4, "heads": 2}))
+    found = no_decay_parameters(model)
+    assert [p.shape for p in found] == [(3,), (8,), (2, 7, 7)]  # alpha, gamma, rpe table

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 import yaml
@@ -27,6 +28,9 @@ register_configs()
 # and 200 val images, so runs on the old defaults are of another experiment.
 HASH_DEFAULT_JOB = "921af0b4ff96"  # python -m dat_exp device=cpu
 HASH_NECK_BLOG = "4d439ca49fa2"  # python -m dat_exp device=cpu placement=neck dat=blog
+# A residual-wrap DAT job hashes the new key dat.layer_scale (the two above do not: placement=none
+# hashes no dat, wrap=bare drops it), so its hash changed once with that key (was 0d3013c93be2).
+HASH_NECK_OFFICIAL = "65eb4e5628d7"  # python -m dat_exp device=cpu placement=neck
 
 
 def composed(*overrides: str) -> dict:
@@ -53,6 +57,7 @@ def test_fields_names_order_and_defaults_are_the_hashed_ones():
         ("heads", "auto"),
         ("groups", "auto"),
         ("wrap", "residual"),
+        ("layer_scale", 1e-4),
         ("ref_points", "datpp"),
         ("impl", "auto"),
     ]
@@ -75,6 +80,7 @@ def test_enum_names_are_their_values_and_match_the_module():
 def test_config_hashes_of_the_previous_code_are_unchanged():
     assert config_hash(composed()) == HASH_DEFAULT_JOB
     assert config_hash(composed("placement=neck", "dat=blog")) == HASH_NECK_BLOG
+    assert config_hash(composed("placement=neck")) == HASH_NECK_OFFICIAL
 
 
 def test_resolved_config_holds_plain_strings():
@@ -82,6 +88,80 @@ def test_resolved_config_holds_plain_strings():
     assert cfg["dat"]["pe"] == "log_cpb" and type(cfg["dat"]["pe"]) is str
     assert all(type(v) is not PE for v in cfg["dat"].values())
     assert yaml.safe_load(yaml.safe_dump(cfg))["dat"] == cfg["dat"]
+
+
+# -- dat.layer_scale ------------------------------------------------------------------------------
+@pytest.mark.parametrize("placement", ["placement=none", "placement=neck", "placement=c2f"])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ([], 1e-4),
+        (["dat.layer_scale=null"], None),
+        (["dat.layer_scale=0.5"], 0.5),
+        (["dat.layer_scale=1"], 1.0),
+        (["dat=blog"], 1e-4),  # the presets inherit the default
+        (["dat=blog", "dat.layer_scale=null"], None),
+    ],
+)
+def test_layer_scale_composes_null_or_a_number(placement, overrides, expected):
+    cfg = composed(placement, *overrides)
+    assert cfg["dat"]["layer_scale"] == expected
+    check(cfg)
+
+
+def test_layer_scale_reaches_the_module_settings():
+    """``null`` is a value of this key (not "unset"): the job's null wins over the default."""
+    assert level_settings("P3", 64, 640)["layer_scale"] == 1e-4
+    assert level_settings("P3", 64, 640, {"layer_scale": None})["layer_scale"] is None
+    assert level_settings("P3", 64, 640, {"layer_scale": 0.5})["layer_scale"] == 0.5
+    assert level_settings("P3", 64, 640, {"preset": "blog"})["layer_scale"] == 1e-4
+    assert level_settings("P3", 64, 640, PRESETS["blog"])["layer_scale"] == 1e-4
+
+
+@pytest.mark.parametrize("placement", ["placement=none", "placement=neck", "placement=c2f"])
+@pytest.mark.parametrize(
+    "override,shown",
+    [
+        ("dat.layer_scale=0", "0.0"),
+        ("dat.layer_scale=-1", "-1.0"),
+        ("dat.layer_scale=nan", "nan"),
+        ("dat.layer_scale=inf", "inf"),
+        ("dat.layer_scale=-1e-4", "-0.0001"),
+    ],
+)
+def test_layer_scale_out_of_range_is_refused_for_every_job(placement, override, shown):
+    """Refused also where the wrap ignores it (c2f, none): a typo fails instead of training."""
+    message = (
+        rf"^dat.layer_scale={shown} must be null \(no LayerScale: x \+ DAT\(LN\(x\)\)\) or a "
+        r"positive finite number \(LayerScale's initial gamma, e.g. 1e-4\)$"
+    )
+    with pytest.raises(InvalidJob, match=message):
+        check(composed(placement, override))
+
+
+@pytest.mark.parametrize("value", ["abc", True, [1e-4]])
+def test_layer_scale_not_a_number_is_refused(value):
+    with pytest.raises(ConfigCompositionException) as err:
+        composed(f"dat.layer_scale={value}")
+    assert "dat.layer_scale" in str(err.value.__cause__)
+    with pytest.raises(
+        InvalidJob, match=rf"^dat.layer_scale={re.escape(repr(value))} must be null"
+    ):
+        check_dat({"layer_scale": value}, "yolov8n", "neck")
+
+
+def test_layer_scale_is_hashed_only_where_the_residual_wrap_uses_it():
+    def hashed(*overrides: str) -> str:
+        return config_hash(composed(*overrides))
+
+    neck = hashed("placement=neck")
+    assert len({neck, hashed("placement=neck", "dat.layer_scale=0.5")}) == 2
+    assert len({neck, hashed("placement=neck", "dat.layer_scale=null")}) == 2
+    assert hashed("placement=neck", "dat.layer_scale=1e-4") == neck
+    for where in (["placement=neck", "dat.wrap=bare"], ["placement=c2f"], ["placement=none"]):
+        assert hashed(*where, "dat.layer_scale=0.5") == hashed(*where), where
+        assert hashed(*where, "dat.layer_scale=null") == hashed(*where), where
+    assert hashed("placement=neck", "dat=blog", "dat.layer_scale=null") == HASH_NECK_BLOG
 
 
 # -- presets --------------------------------------------------------------------------------------
