@@ -133,6 +133,7 @@ def train_and_measure(
 
     from dat_exp.data import check_dataset
     from dat_exp.guards import TrainingGuard
+    from dat_exp.metrics.dat_diagnostics import DATDiagnostics
     from dat_exp.metrics.latency import measure_latency
     from dat_exp.models.transfer import transfer_pretrained
     from dat_exp.tracking.store import log_metrics, log_params
@@ -148,7 +149,9 @@ def train_and_measure(
         )
     guard = TrainingGuard(int(cfg["train"]["batch"]), cfg.get("fault"))
     guard.attach(yolo)
-    prepared.logger.attach(yolo)
+    # Each DAT module's diagnostics per epoch, keyed by its model layer (``module.{i}.layer``).
+    diagnostics = DATDiagnostics([m.index for m in prepared.built.modules])
+    prepared.logger.attach(yolo, diagnostics)
     on_cuda = device_type(cfg["device"]) == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -215,6 +218,26 @@ def _log_outputs(client: Any, run_id: str, trainer: Any, best: Path, log_weights
         log_file(client, run_id, path)
     if log_weights:
         log_file(client, run_id, best, "weights")
+    log_sampling_picture(client, run_id, trainer, best)
+
+
+def log_sampling_picture(client: Any, run_id: str, trainer: Any, best: Path) -> Path | None:
+    """A DAT run's picture of where its modules look (``dat/sampling_points.png``), from the
+    local best weights over the first validation image; nothing for a model without DAT. A
+    picture that cannot be drawn is a warning, never a failed run."""
+    try:
+        from dat_exp.analysis.sampling import FILENAME, RUN_ARTIFACT_DIR, run_picture
+
+        imgsz = trainer.args.imgsz
+        imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else int(imgsz)
+        out = Path(trainer.save_dir) / RUN_ARTIFACT_DIR / FILENAME
+        path = run_picture(best, Path(trainer.args.data), imgsz, out)
+        if path is not None:
+            client.log_artifact(run_id, str(path), RUN_ARTIFACT_DIR)
+        return path
+    except Exception as err:  # noqa: BLE001  (a picture is never worth a failed run)
+        log.warning("no DAT sampling picture for run %s: %s: %s", run_id, type(err).__name__, err)
+        return None
 
 
 def per_class_ap(trainer: Any):

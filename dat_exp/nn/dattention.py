@@ -8,7 +8,7 @@ regular reference grid. See ``shared/reference/DAT-SPEC.md`` and the README for 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +114,16 @@ class DAttention(nn.Module):
         attn_drop, proj_drop: dropout on the attention weights and on the output.
         impl: ``reference`` (explicit einsum), ``fast`` (``scaled_dot_product_attention``) or
             ``auto`` (fast where it pays: no bias, or on CUDA).
+
+    Probes, for diagnostics (``dat_exp.metrics.dat_diagnostics``), off by default and set only
+    while they run: ``record_positions`` keeps the last ``(reference, positions)`` pair;
+    ``attention_probe``, a callable, makes each call take the reference path (the same math as
+    the fast one) and passes it the softmax weights ``(B, heads, HW, N)``, detached, before
+    dropout.
     """
+
+    # A class default, so that modules pickled before the probe existed still load.
+    attention_probe: Callable[[torch.Tensor], None] | None = None
 
     def __init__(
         self,
@@ -206,6 +215,10 @@ class DAttention(nn.Module):
             return list(self.rpe_mlp.parameters())
         return []
 
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        """What ``nn.optim.no_decay_parameters`` asks every module for: the position biases."""
+        return self.bias_parameters()
+
     def uses_fast_path(self, device: torch.device) -> bool:
         """Whether this call takes ``_attend_fast``. ``auto``: on CUDA, without a bias, or when
         no gradient flows to the bias. On CPU SDPA's fused kernel rejects a bias that needs a
@@ -240,7 +253,7 @@ class DAttention(nn.Module):
         v = self.proj_v(x_s).reshape(b, self.heads, self.head_dim, n)
         qh = q.reshape(b, self.heads, self.head_dim, h * w)
         bias = self._logit_bias(h, w, pos, q.dtype)  # (B or 1, heads, HW, N) or None
-        if self.uses_fast_path(x.device):
+        if self.attention_probe is None and self.uses_fast_path(x.device):
             out = self._attend_fast(qh, k, v, bias)
         else:
             out = self._attend_reference(qh, k, v, bias)
@@ -347,7 +360,10 @@ class DAttention(nn.Module):
         attn = torch.einsum("bhdm,bhdn->bhmn", q * self.scale, k)
         if bias is not None:
             attn = attn + bias
-        attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
+        attn = attn.softmax(dim=-1)
+        if self.attention_probe is not None:
+            self.attention_probe(attn.detach())
+        attn = F.dropout(attn, self.attn_drop, self.training)
         return torch.einsum("bhmn,bhdn->bhdm", attn, v)
 
     def _attend_fast(self, q, k, v, bias) -> torch.Tensor:

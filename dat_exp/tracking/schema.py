@@ -89,6 +89,15 @@ def sub(metric: str, part: str) -> str:
     return f"{metric}_{part}"
 
 
+# What each DAT module did, per epoch: ``dat_diagnostic(layer, name)`` for each name here.
+OFFSET_CELLS = "offset_cells"  # mean |sampled - reference| position, in key-grid cells
+OFFSET_CELLS_P95 = "offset_cells_p95"
+AT_BOUND = "at_bound"  # fraction of sampled positions at their bound
+ATTN_ENTROPY = "attn_entropy"  # mean attention entropy / log(keys): 1 = uniform
+GAMMA = "gamma"  # mean |γ| of the module's LayerScale, when it has one
+DAT_DIAGNOSTICS = (OFFSET_CELLS, OFFSET_CELLS_P95, AT_BOUND, ATTN_ENTROPY, GAMMA)
+
+
 def dat_diagnostic(layer: int, name: str) -> str:
     """A DAT module's diagnostic: ``dat/L15/offset_cells``."""
     return f"{DAT}L{layer}/{name}"

@@ -70,6 +70,13 @@ def test_the_naming_scheme():
     ]
     assert schema.sub("mAP50-95", "small") == "mAP50-95_small"
     assert schema.dat_diagnostic(15, "offset_cells") == "dat/L15/offset_cells"
+    assert schema.DAT_DIAGNOSTICS == (
+        "offset_cells",
+        "offset_cells_p95",
+        "at_bound",
+        "attn_entropy",
+        "gamma",
+    )
     assert schema.search_tag(Tag.CONFIG_HASH) == "tags.`dat_exp.config_hash`"
     finals = ["mAP50-95", "test/mAP50-95", "mAP50-95_small", "test/recall"]
     series = [
