@@ -2,14 +2,16 @@
 [--metric M] [--alpha A] [--target-delta D] [--pool-code-versions]``
 
 Writes a Markdown and an HTML report (the per-variant table against the baseline, the failures,
-the plots, a DAT sampling-point picture) into ``runs/reports/<name>/``, logs it to the sweep's
-parent run, and prints the table. Without arguments: the latest sweep in ``runs/mlflow.db``.
+the plots, the DAT diagnostics per epoch, a DAT sampling-point picture) into
+``runs/reports/<name>/``, logs it to the sweep's parent run, and prints the table. Without
+arguments: the latest sweep in ``runs/mlflow.db``.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +38,7 @@ from dat_exp.analysis import (
     table,
     tradeoff_figure,
 )
+from dat_exp.analysis.plots import diagnostics_figure
 from dat_exp.analysis.stats import ALPHA, MEANINGS, Verdict, deterministic
 from dat_exp.analysis.summary import HELD_OUT_HEADLINE, OPTIMISTIC, check_options, level
 from dat_exp.env import runs_dir
@@ -128,6 +131,7 @@ def write_figures(analysis: Analysis, out: Path, sampling: bool = True) -> Repor
     report.figures[f"{series} per epoch"] = save_png(
         curves_figure(history, series), out / "curves.png"
     )
+    _add_diagnostics(report, analysis, out)  # beside the mAP curves
     heat, note = delta_heatmap(v, metric=m)
     if heat is not None:
         report.figures[f"Δ {m} heat map"] = save_png(heat, out / "delta_heatmap.png")
@@ -136,6 +140,68 @@ def write_figures(analysis: Analysis, out: Path, sampling: bool = True) -> Repor
     if sampling:
         _add_sampling(report, analysis, out)
     return report
+
+
+def dat_layers(runs: pd.DataFrame) -> dict[int, str]:
+    """Layer -> pyramid level of every DAT module of ``runs`` (their ``module.{i}.layer`` and
+    ``module.{i}.level`` params); ``""`` where the level is unknown."""
+    found: dict[int, str] = {}
+    for column in runs.columns:
+        match = re.fullmatch(r"module\.(\d+)\.layer", str(column))
+        if not match:
+            continue
+        levels = runs.get(f"module.{match[1]}.level", pd.Series(None, index=runs.index))
+        for layer, name in zip(runs[column], levels, strict=True):
+            if pd.notna(layer):
+                found.setdefault(int(layer), str(name) if pd.notna(name) else "")
+    return dict(sorted(found.items()))
+
+
+def with_layer(runs: pd.DataFrame, layer: int) -> pd.DataFrame:
+    """The runs with a DAT module at ``layer``."""
+    columns = [c for c in runs.columns if re.fullmatch(r"module\.\d+\.layer", str(c))]
+    has = pd.Series(False, index=runs.index)
+    for column in columns:
+        has |= (pd.to_numeric(runs[column], errors="coerce") == layer).fillna(False).astype(bool)
+    return runs[has]
+
+
+def diagnostic_histories(
+    runs: pd.DataFrame, name: str, tracking_uri: str | None, layers: list[int]
+) -> dict[int, pd.DataFrame]:
+    """Layer -> per-epoch history of the DAT diagnostic ``name`` of the runs with that layer."""
+    return {
+        layer: epoch_history(
+            with_layer(runs, layer), schema.dat_diagnostic(layer, name), tracking_uri
+        )
+        for layer in layers
+    }
+
+
+def _add_diagnostics(report: Report, analysis: Analysis, out: Path) -> None:
+    """One figure per DAT diagnostic (a panel per module layer, a curve per variant); a note
+    instead where no run logged it."""
+    runs, uri = analysis.runset.runs, analysis.runset.tracking_uri
+    layers = dat_layers(runs)
+    if not layers:
+        report.notes.append("DAT diagnostics: no DAT module in the selection")
+        return
+    missing = []
+    for name in schema.DAT_DIAGNOSTICS:
+        histories = diagnostic_histories(runs, name, uri, list(layers))
+        if all(h.empty for h in histories.values()):
+            missing.append(name)
+            continue
+        figure = diagnostics_figure(histories, name, layers)
+        report.figures[f"DAT {name} per epoch"] = save_png(figure, out / f"dat_{name}.png")
+    if len(missing) == len(schema.DAT_DIAGNOSTICS):
+        report.notes.append(
+            "DAT diagnostics skipped: no run logged a per-epoch "
+            f"{schema.dat_diagnostic(next(iter(layers)), '…')} series (runs made before the "
+            "diagnostics were logged, or no_off)"
+        )
+    elif missing:
+        report.notes.append(f"DAT diagnostics not logged by any run: {', '.join(missing)}")
 
 
 def _add_sampling(report: Report, analysis: Analysis, out: Path) -> None:

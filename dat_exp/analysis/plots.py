@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from dat_exp.nn.settings import DAT_KEYS
 from dat_exp.tracking import schema
@@ -110,7 +111,11 @@ def curves_figure(history: pd.DataFrame, key: str = schema.val(PRIMARY)) -> Figu
     """Per-epoch ``key`` per variant: the mean over seeds, the band from the lowest to the
     highest seed."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.subplots()
+    _curves_panel(fig.subplots(), history, key, f"{key} (mean over seeds; band: min-max)")
+    return fig
+
+
+def _curves_panel(ax: Axes, history: pd.DataFrame, key: str, ylabel: str) -> None:
     names = history.groupby("variant_hash", sort=False)["variant"].first()
     duplicated = names.duplicated(keep=False)
     for vh, group in history.groupby("variant_hash", sort=False):
@@ -124,10 +129,42 @@ def curves_figure(history: pd.DataFrame, key: str = schema.val(PRIMARY)) -> Figu
     if history.empty:
         ax.text(0.5, 0.5, f"no per-epoch {key} logged", ha="center", transform=ax.transAxes)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{key} (mean over seeds; band: min-max)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if not history.empty:
         ax.legend(fontsize=8)
+
+
+# What each DAT diagnostic measures, for the axis labels (the names are the registry's).
+DIAGNOSTIC_LABELS = {
+    schema.OFFSET_CELLS: "mean offset (key-grid cells)",
+    schema.OFFSET_CELLS_P95: "95th-percentile offset (key-grid cells)",
+    schema.AT_BOUND: "fraction of positions at their bound",
+    schema.ATTN_ENTROPY: "attention entropy / log(keys) (1 = uniform)",
+    schema.GAMMA: "mean |γ| of the LayerScale",
+}
+
+
+def diagnostics_figure(
+    histories: dict[int, pd.DataFrame], name: str, levels: dict[int, str] | None = None
+) -> Figure:
+    """One DAT diagnostic per epoch (``name``, one of ``schema.DAT_DIAGNOSTICS``): one panel per
+    module layer (``histories``: layer -> the ``epoch_history`` of
+    ``schema.dat_diagnostic(layer, name)``), a curve per variant (mean over seeds, band
+    min-max), as :func:`curves_figure` draws the mAP."""
+    layers = sorted(histories)
+    fig = Figure(figsize=(max(5.2 * len(layers), 6.4), 4.6), layout="constrained")
+    axes = fig.subplots(1, max(len(layers), 1), squeeze=False)[0]
+    label = DIAGNOSTIC_LABELS.get(name, name)
+    for ax, layer in zip(axes, layers, strict=False):
+        key = schema.dat_diagnostic(layer, name)
+        _curves_panel(ax, histories[layer], key, label)
+        level = (levels or {}).get(layer)
+        ax.set_title(f"{key}" + (f" ({level})" if level else ""), fontsize=10)
+    if not layers:
+        axes[0].text(0.5, 0.5, "no DAT module", ha="center", transform=axes[0].transAxes)
+    fig.suptitle(f"DAT {name} per epoch, per module layer\n(mean over seeds; band: min-max)")
     return fig
 
 

@@ -1,10 +1,11 @@
 """On a real tiny sweep (none and sppf, two seeds each, seed 0 reused from an earlier sweep) plus
 injected failures: the tidy table, the aggregate, the report through its command line, the
-sampling picture."""
+sampling pictures (the report's and each DAT run's own), the DAT diagnostics per epoch."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from mlflow import MlflowClient
 
 from dat_exp.analysis import analyse, load_runs
 from dat_exp.tracking import schema
-from dat_exp.tracking.schema import DEFAULT_EXPERIMENT
+from dat_exp.tracking.schema import DEFAULT_EXPERIMENT, Tag
 from tests.analysis.cli import network_attempts, run_report
 from tests.analysis.conftest import ABSURD
 from tests.analysis.test_plots import assert_real_png
@@ -67,6 +68,22 @@ def test_one_row_per_finished_run(runset, sweep_store):
         run_id: run_id in sweep_store.reused for run_id in sweep_store.finished
     }
     assert set(runs.loc[runs["reused"], "seed"]) == {0}
+
+
+def test_best_weights_are_evaluated_once_on_the_test_split(sweep_store):
+    client = MlflowClient(sweep_store.uri)
+    runs = [client.get_run(run_id) for run_id in sweep_store.finished]
+    baseline = {r.data.tags[Tag.VARIANT_HASH] for r in runs if r.data.params["placement"] == "none"}
+    held_out = {schema.held_out(m) for m in schema.HELD_OUT}
+    for run in runs:
+        metrics = run.data.metrics
+        assert held_out <= set(metrics), held_out - set(metrics)
+        assert all(0 <= metrics[k] <= 1 for k in held_out)
+        assert Tag.TEST_SKIPPED not in run.data.tags
+        assert {run.data.tags[Tag.BASELINE_HASH]} == baseline
+    # Ultralytics read the test split's labels: the evaluation was on test, not on val again.
+    (dataset,) = (sweep_store.work / "runs" / "datasets").glob("synthetic-*")
+    assert (dataset / "labels" / "test.cache").is_file()
 
 
 def test_the_end_of_sweep_table_lists_the_reused_jobs(sweep_store):
@@ -154,6 +171,27 @@ def test_report_command_on_the_latest_sweep(sweep_store, runset):
     pictured = [r for r in dat_runs if client.list_artifacts(r, "analysis")]
     assert len(pictured) == 1
     assert network_attempts(sweep_store.work) == []
+    # the DAT diagnostics per epoch: a figure each when the runs logged them, else a note
+    logged = {k for r in dat_runs for k in client.get_run(r).data.metrics if k.startswith("dat/")}
+    shown = {p.name for p in pngs if p.name.startswith("dat_")}
+    if logged:
+        names = {k.rsplit("/", 1)[1] for k in logged}
+        assert shown == {f"dat_{name}.png" for name in names}, (shown, logged)
+    else:
+        assert not shown and "DAT diagnostics skipped: no run logged" in markdown
+
+
+def test_every_finished_dat_run_has_its_sampling_picture(sweep_store, tmp_path):
+    """Each sppf run logged dat/sampling_points.png at its end (a real picture); none runs none."""
+    client = MlflowClient(sweep_store.uri)
+    for run_id, placement in sweep_store.finished.items():
+        logged = {a.path for a in client.list_artifacts(run_id, "dat")}
+        if placement == "sppf":
+            assert logged == {"dat/sampling_points.png"}, (run_id, logged)
+            path = client.download_artifacts(run_id, "dat/sampling_points.png", str(tmp_path))
+            assert_real_png(Path(path))
+        else:
+            assert logged == set(), (run_id, logged)
 
 
 @pytest.mark.slow
