@@ -165,9 +165,24 @@ def resumable(client: Any, exp_id: str, h: str) -> tuple[str, Path] | None:
         if other := other_code(run):
             print(f"not resuming run {run.info.run_id}: it was made{other}; training anew")
             return None
+        if unreadable := unreadable_checkpoint(last):
+            print(f"not resuming run {run.info.run_id}: {unreadable}; training anew")
+            return None
         print(f"resuming run {run.info.run_id} from {last}")
         return run.info.run_id, last
     return None
+
+
+def unreadable_checkpoint(last: Path) -> str:
+    """Why ``last.pt`` cannot be resumed from (cut short by a kill -9 while it was written), or
+    ''."""
+    from dat_exp.runner import checkpoint_epoch
+
+    try:
+        checkpoint_epoch(last)
+    except Exception as err:  # noqa: BLE001  (any reason a checkpoint cannot be read)
+        return f"its {last.name} cannot be read ({type(err).__name__}: {err})"
+    return ""
 
 
 def describe(cfg: dict[str, Any], job: int, duplicate_of: int | None) -> JobResult:

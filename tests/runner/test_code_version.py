@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dat_exp.analysis.load import load_runs, set_aside_warning
 from dat_exp.provenance import code_version, libraries, result_files, version_digest
@@ -192,4 +193,7 @@ def test_a_killed_run_of_other_code_is_not_resumed(tmp_path, monkeypatch, capsys
     assert resumable(client, exp, "h") is None
     assert f"not resuming run {run_id}: it was made by other code" in capsys.readouterr().out
     client.set_tag(run_id, Tag.CODE_VERSION, code_version())
+    assert resumable(client, exp, "h") is None, "an empty last.pt is no checkpoint"
+    assert f"not resuming run {run_id}: its last.pt cannot be read" in capsys.readouterr().out
+    torch.save({"epoch": 2}, last)
     assert resumable(client, exp, "h") == (run_id, last)
