@@ -21,7 +21,7 @@ from dat_exp.config import baseline_hash, variant_hash, variant_name
 ALIKE = ("model", "data", "train", "device_type", "code_version")
 
 
-def sweep_plan(jobs: Sequence[dict[str, Any]], target_delta: float | None = None) -> list[str]:
+def sweep_plan(jobs: Sequence[dict[str, Any]]) -> list[str]:
     """The planner's lines for the planned ``jobs`` (resolved configs)."""
     finished = finished_alike(jobs[0]) if jobs else pd.DataFrame()
     metric, _ = headline(finished, [])  # the report's rule: test/ when every run has it
@@ -37,7 +37,7 @@ def sweep_plan(jobs: Sequence[dict[str, Any]], target_delta: float | None = None
         return ["seed planner: the sweep makes no comparison (no DAT variant)"]
     by_variant = finished.groupby("variant_hash") if not finished.empty else []
     groups = [seed_values(runs, metric) for _, runs in by_variant]
-    plan = make_plan(comparisons, groups, target_delta=target_delta, metric=metric)
+    plan = make_plan(comparisons, groups, metric=metric)
     return plan_lines(plan)
 
 
@@ -49,7 +49,10 @@ def seeds_by_variant(jobs: Sequence[dict[str, Any]]) -> dict[str, set[int]]:
 
 
 def _first_of_each_variant(jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return list({variant_hash(job): job for job in reversed(jobs)}.values())[::-1]
+    first: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        first.setdefault(variant_hash(job), job)
+    return list(first.values())
 
 
 def _finished_seeds(finished: pd.DataFrame, variant: str) -> set[int]:

@@ -42,7 +42,7 @@ class Prepared:
     built: Any  # dat_exp.models.builder.BuiltModel
     imgsz: int
     logger: Any = None  # dat_exp.tracking.epoch_logger.EpochLogger, once a run is open
-    dataset: Any = None  # dat_exp.data.DatasetInfo (whether the test split is used, and why not)
+    dataset: Any = None  # dat_exp.data.DatasetInfo from prepare(): is the test split used
 
 
 def prepare(cfg: dict[str, Any]) -> Prepared:
@@ -131,7 +131,6 @@ def train_and_measure(
     import torch
     from ultralytics import YOLO
 
-    from dat_exp.data import check_dataset
     from dat_exp.guards import TrainingGuard
     from dat_exp.metrics.dat_diagnostics import DATDiagnostics
     from dat_exp.metrics.latency import measure_latency
@@ -169,7 +168,7 @@ def train_and_measure(
     lat = measure_latency(YOLO(str(best)).model, prepared.imgsz, one_device)
     metrics.update({schema.LATENCY_MS: lat.p50_ms, schema.LATENCY_P90_MS: lat.p90_ms})
     metrics.update(model_facts(prepared.built, prepared.imgsz))
-    dataset = prepared.dataset or check_dataset(prepared.data_yaml)
+    dataset = prepared.dataset  # checked once, in prepare()
     if dataset.test_skipped is None:
         save_dir = Path(trainer.save_dir)
         metrics.update(held_out_metrics(prepared, best, save_dir, guard.batch_used, one_device))
