@@ -89,6 +89,13 @@ class ObjectiveConfig:
     penalty: float = -1.0  # the value of a failed or over-budget trial (below any mAP)
 
 
+@dataclass
+class BudgetConfig:
+    """What a sweep may cost; checked against the dry run's bill before anything runs."""
+
+    gpu_hours: float | None = None  # refuse a sweep whose worst case predicts more device-hours
+
+
 class Reuse(StrEnum):
     """Which FINISHED run of the same config a sweep skips its job for."""
 
@@ -105,6 +112,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     seed: int = 0
     device: str = "auto"  # auto, cpu, 0, '0,1'
     log_weights: bool = True
@@ -191,7 +199,16 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
 # -- hashing and names ------------------------------------------------------------------------
 # Keys that never change a result: outside the config hash, so adding one to the schema does
 # not make every earlier run look not done.
-VOLATILE_KEYS = ("tracking", "objective", "log_weights", "dry_run", "resume", "rerun", "reuse")
+VOLATILE_KEYS = (
+    "tracking",
+    "objective",
+    "budget",
+    "log_weights",
+    "dry_run",
+    "resume",
+    "rerun",
+    "reuse",
+)
 
 
 def hashable_config(resolved: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from pathlib import Path
 from dat_exp.tracking.schema import Tag
 
 PACKAGE = Path(__file__).resolve().parent
-# Code that reads results but never makes one: a change there must not retrain anything.
-NOT_TRAINING = ("analysis/", "report.py", "bench.py")
+# Code that reads results, or only chooses which jobs run (a dry run's plan, racing's rounds),
+# but never makes one: a change there must not retrain anything.
+NOT_TRAINING = ("analysis/", "report.py", "bench.py", "planning.py", "racing.py")
 
 
 def result_files(package: Path = PACKAGE, conf: Path | None = None) -> list[tuple[str, Path]]:

@@ -40,7 +40,15 @@ from dat_exp.analysis import (
 )
 from dat_exp.analysis.plots import diagnostics_figure
 from dat_exp.analysis.stats import ALPHA, MEANINGS, Verdict, deterministic
-from dat_exp.analysis.summary import HELD_OUT_HEADLINE, OPTIMISTIC, check_options, level
+from dat_exp.analysis.summary import (
+    HELD_OUT_HEADLINE,
+    OPTIMISTIC,
+    check_options,
+    level,
+    racing_line,
+    racing_notes,
+    racing_table,
+)
 from dat_exp.env import runs_dir
 from dat_exp.tracking import schema
 from dat_exp.tracking.notes import markdown_table
@@ -247,12 +255,34 @@ def family_line(analysis: Analysis) -> str:
     )
 
 
+def racing_markdown(analysis: Analysis) -> list[str]:
+    """The Racing section of a racing sweep (after the Variants section); none otherwise."""
+    record = analysis.runset.racing
+    if record is None:
+        return []
+    parts = ["## Racing", "", racing_line(record), ""]
+    if not record.decisions.empty:
+        parts += [markdown_table(racing_table(record)), ""]
+    return parts + [f"- {note}" for note in racing_notes(record)] + [""]
+
+
+def racing_html(analysis: Analysis) -> list[str]:
+    record = analysis.runset.racing
+    if record is None:
+        return []
+    body = ["<h2>Racing</h2>", f"<p>{html.escape(racing_line(record))}</p>"]
+    if not record.decisions.empty:
+        body.append(racing_table(record).to_html(index=False))
+    return body + [f"<p>{html.escape(note)}</p>" for note in racing_notes(record)]
+
+
 def render_markdown(analysis: Analysis, report: Report) -> str:
     parts = [f"# {title(analysis.runset)}", ""]
     for warning in analysis.warnings:
         parts += [f"> **{warning}**", ""]
     parts += header_lines(analysis) + ["", "## Variants", "", markdown_table(table(analysis))]
     parts += [""] + [f"- {note}" for note in analysis.notes] + ["", HOW_TO_READ, ""]
+    parts += racing_markdown(analysis)
     if analysis.plan:
         parts += ["## Seed planner", "", PLANNER_HOW_TO_READ, ""]
         parts += [f"- {line}" for line in analysis.plan] + [""]
@@ -274,6 +304,7 @@ def render_html(analysis: Analysis, report: Report) -> str:
     body += ["<h2>Variants</h2>", table(analysis).to_html(index=False), "<ul>"]
     body += [f"<li>{esc(note)}</li>" for note in analysis.notes] + ["</ul>"]
     body.append(f"<p>{esc(HOW_TO_READ)}</p>")
+    body += racing_html(analysis)
     if analysis.plan:
         body += ["<h2>Seed planner</h2>", f"<p>{esc(PLANNER_HOW_TO_READ)}</p>", "<ul>"]
         body += [f"<li>{esc(line)}</li>" for line in analysis.plan] + ["</ul>"]

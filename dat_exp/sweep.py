@@ -36,10 +36,25 @@ class SweepState:
     seen: dict[str, int] = field(default_factory=dict)  # config hash -> job number
     tracking: dict[str, Any] | None = None  # the sweep's store, for its parent run
     plan: list[str] = field(default_factory=list)  # a dry run's seed plan, printed at its end
+    race: Any = None  # dat_exp.racing.RaceStart of a racing sweep
+    decisions: dict[str, str] = field(default_factory=dict)  # racing: variant -> decision
+    race_lines: list[str] = field(default_factory=list)  # racing's outcome, printed at the end
 
     @property
     def failed(self) -> bool:
+        """A job failed; in a race, a variant failed (a seed that failed once and then finished
+        on its retry does not fail the sweep)."""
+        if self.race is not None and not any(r.status == "INVALID" for r in self.results):
+            return self.race.failed
         return any(r.status in ("FAILED", "INVALID") for r in self.results)
+
+    def clear(self) -> None:
+        self.results.clear()
+        self.seen.clear()
+        self.plan.clear()
+        self.race = None
+        self.decisions.clear()
+        self.race_lines.clear()
 
 
 STATE = SweepState()
@@ -245,6 +260,7 @@ def summary_frame(results: list[JobResult]):
             "variant": r.variant,
             **{title: r.metrics.get(m) for m, title in SUMMARY_METRICS.items()},
             "reused": "yes" if r.status == "SKIPPED" and r.run_id else "",
+            **({"decision": STATE.decisions.get(r.variant, "")} if STATE.decisions else {}),
             "status": r.status,
             "run / reason": r.reason or r.run_id or "",
         }
@@ -315,10 +331,15 @@ def job_result(run: Any, status: str, reason: str) -> JobResult:
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The override list of each job, as Hydra's basic sweeper will expand them."""
+    """The override list of each job, as Hydra's basic sweeper will expand them (a racing
+    sweep: each point of its grid, at seed 0)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from dat_exp.racing import grid_overrides, is_racing
+
+    if is_racing(config):
+        return grid_overrides(config)
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
@@ -364,8 +385,12 @@ def composition_error(err: BaseException) -> str:
 def check_every_job(config: DictConfig) -> list[dict[str, Any]]:
     """Compose and check every job of the sweep; list the invalid ones and start none.
     Returns the sweep's jobs, resolved."""
+    from dat_exp.racing import is_racing
+
     jobs = sweep_jobs(config)
-    searched = search_space_jobs(config, jobs[0] if len(jobs) == 1 else [])
+    searched = (
+        [] if is_racing(config) else search_space_jobs(config, jobs[0] if len(jobs) == 1 else [])
+    )
     problems = []
     composed = []
     first: dict[str, int] = {}
@@ -418,19 +443,38 @@ def prepare_ray_launcher(config: DictConfig, names: tuple[str, ...]) -> None:
             init.setdefault("object_store_memory", None)
 
 
+def checked_race(config: DictConfig, jobs: list[dict[str, Any]]) -> Any:
+    """A racing sweep's settings checked and its metric fixed (exit 2 on bad input, before the
+    parent run opens); None for any other sweeper."""
+    from dat_exp.racing import RacingError, is_racing, start_race
+
+    if not is_racing(config):
+        return None
+    try:
+        return start_race(config, jobs)
+    except RacingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 class SweepCallback(Callback):
     """Parent run for a multirun; children nest under it, also from other processes."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        STATE.results.clear()
-        STATE.seen.clear()
-        STATE.plan.clear()
+        STATE.clear()
         jobs = check_every_job(config)
+        STATE.race = checked_race(config, jobs)
         cfg = resolve(config)
+        from dat_exp.planning import bill_check
+
+        racing = STATE.race.settings if STATE.race is not None else None
+        bill = bill_check(config, jobs, racing)  # over budget.gpu_hours: one line, exit 2
         if cfg["dry_run"]:
             from dat_exp.planning import sweep_plan
 
-            STATE.plan = sweep_plan(jobs)
+            # racing plans its own seeds: the seed planner's fixed-seed view does not apply
+            plan = [] if racing else ["", *sweep_plan(jobs)]
+            STATE.plan = [*bill, *plan] if bill else plan[1:]
             return
         from dat_exp.tracking.store import client_for, experiment_id, start_run
 
@@ -441,6 +485,10 @@ class SweepCallback(Callback):
         overrides = " ".join(config.hydra.overrides.task)
         parent = start_run(client, exp_id, name, {Tag.SWEEP: "true", Tag.OVERRIDES: overrides})
         os.environ[PARENT_ENV] = parent
+        if STATE.race is not None:
+            from dat_exp.racing import open_parent_tags
+
+            open_parent_tags(STATE.race, client, parent, tracking)
         prepare_ray_launcher(config, (PARENT_ENV, DUPLICATES_ENV))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -449,6 +497,8 @@ class SweepCallback(Callback):
         if not STATE.results and parent:  # the jobs ran in a launcher's other processes
             STATE.results.extend(results_from_store(cfg["tracking"], parent))
         print_summary(STATE.results, cfg["tracking"])
+        if STATE.race_lines:
+            print("\n" + "\n".join(STATE.race_lines))
         if STATE.plan:
             print("\n" + "\n".join(STATE.plan))
         parent = os.environ.pop(PARENT_ENV, None)

@@ -51,6 +51,7 @@ def validate_job(cfg: dict[str, Any]) -> None:
     if cfg.get("fault") not in FAULTS:
         raise InvalidJob(f"fault={cfg['fault']!r} is not one of {FAULTS}")
     _check_objective(cfg.get("objective") or {})
+    _check_budget(cfg.get("budget") or {})
     _check_tracking(cfg["tracking"])
     nc = _dataset_classes(json.dumps(cfg["data"], sort_keys=True))
     _check_model(
@@ -122,6 +123,15 @@ def _check_objective(objective: dict[str, Any]) -> None:
     ratio = objective.get("max_gflops_ratio")
     if ratio is not None and not float(ratio) > 0:
         raise InvalidJob(f"objective.max_gflops_ratio={ratio} must be positive (or null)")
+
+
+def _check_budget(budget: dict[str, Any]) -> None:
+    hours = budget.get("gpu_hours")
+    if hours is not None and not float(hours) > 0:  # nan too
+        raise InvalidJob(
+            f"budget.gpu_hours={hours} must be positive (the most device-hours the sweep's worst "
+            "case may take), or null for no budget"
+        )
 
 
 def _check_train(train: dict[str, Any]) -> None:

@@ -73,10 +73,21 @@ FAILURE_COLUMNS = [
     "superseded_by",
     "start_time",
 ]
+RACING_COLUMNS = ["variant_hash", "variant", "decision", "round", "n", "delta", "stopped_early"]
 
 
 class AnalysisError(Exception):
     """A problem the user can fix (no store, no such experiment or sweep, nothing finished)."""
+
+
+@dataclass(frozen=True)
+class RacingRecord:
+    """What a racing sweep recorded on its parent run: the metric, the settings, one decision
+    per DAT variant (none yet when the race did not finish)."""
+
+    metric: str
+    settings: dict[str, Any]  # seeds_min, seeds_max, seeds_step, alpha, target_delta, rounds
+    decisions: pd.DataFrame  # RACING_COLUMNS, one row per variant, by variant name
 
 
 @dataclass
@@ -95,6 +106,7 @@ class RunSet:
     # FINISHED runs left out because their variant has runs of a newer code version
     set_aside: pd.DataFrame = field(default_factory=pd.DataFrame)
     pooled_code_versions: bool = False  # runs of every code version pooled, on request
+    racing: RacingRecord | None = None  # the sweep's racing record; None: not a racing sweep
 
     @property
     def name(self) -> str:
@@ -218,6 +230,7 @@ def load_runs(
         pool=everything[everything["status"] == "FINISHED"].reset_index(drop=True),
         set_aside=set_aside,
         pooled_code_versions=pool_code_versions,
+        racing=racing_record(parent),
     )
 
 
@@ -227,6 +240,36 @@ def reused_runs(parent: Any | None) -> set[str]:
     if parent is None:
         return set()
     return {v for k, v in parent.data.tags.items() if k.startswith(Tag.REUSED)}
+
+
+def racing_record(parent: Any | None) -> RacingRecord | None:
+    """The racing record of a sweep's parent run (its ``dat_exp.racing.*`` tags); None for an
+    experiment or a sweep that did not race. Read from tags, so analysis needs no racing code."""
+    tags = parent.data.tags if parent is not None else {}
+    if Tag.RACING_METRIC not in tags:
+        return None
+    rows = [
+        {"variant_hash": key[len(Tag.RACING_DECISION) :], **_json_tag(tags, key)}
+        for key in tags
+        if key.startswith(Tag.RACING_DECISION)
+    ]
+    decisions = pd.DataFrame(rows).reindex(columns=RACING_COLUMNS)
+    decisions = decisions.sort_values("variant", kind="stable").reset_index(drop=True)
+    return RacingRecord(tags[Tag.RACING_METRIC], _json_tag(tags, Tag.RACING_SETTINGS), decisions)
+
+
+def _json_tag(tags: dict[str, str], key: str) -> dict[str, Any]:
+    """A JSON object tag; AnalysisError naming the tag when it is missing or not one (a store
+    edited by hand), rather than a stack trace or a report without it."""
+    try:
+        value = json.loads(tags[key])
+    except (KeyError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        raise AnalysisError(
+            f"racing tag {key!r} is missing or not a JSON object: {tags.get(key)!r}"
+        )
+    return value
 
 
 def newest_code_only(finished: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

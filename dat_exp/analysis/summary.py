@@ -12,8 +12,15 @@ import numpy as np
 import pandas as pd
 
 from dat_exp.analysis.compare import NOT_RECORDED, Baseline, ConfigOf, compare, find_baselines
-from dat_exp.analysis.load import AnalysisError, RunSet, run_config, set_aside_warning
+from dat_exp.analysis.load import (
+    AnalysisError,
+    RacingRecord,
+    RunSet,
+    run_config,
+    set_aside_warning,
+)
 from dat_exp.analysis.planner import make_plan, plan_lines
+from dat_exp.analysis.racing import STOPPED_EARLY, Outcome
 from dat_exp.analysis.stats import (
     ALPHA,
     METRICS,
@@ -30,6 +37,13 @@ from dat_exp.tracking import schema
 PRIMARY = schema.HEADLINE
 HELD_OUT_HEADLINE = schema.held_out(schema.HEADLINE)
 OPTIMISTIC = "selected and evaluated on val: optimistic"
+RACING_BIAS = (
+    "A race stops testing a variant as soon as its estimate crosses a threshold, so a Δ decided "
+    f"before the last round is biased away from 0 when '{Outcome.BETTER}' or '{Outcome.WORSE}' "
+    "(in simulation, a true 2σ effect stopped early averaged 2.5σ) and toward 0 when "
+    f"'{Outcome.EQUIVALENT}'."
+)
+RACING_UNFINISHED = "No decision recorded: the race did not finish (interrupted before its end)."
 OUTSIDE = (Verdict.SINGLE_SEED, Verdict.NO_SPREAD, Verdict.NO_BASELINE)  # rows with no p-value
 
 
@@ -318,3 +332,57 @@ def _baseline(row: pd.Series) -> str:
         return "-"
     name = name or str(row["baseline_hash"])  # a run that logged no variant name
     return f"{name} (n={row['baseline_n']}, {row['baseline_match']})"
+
+
+# -- racing --------------------------------------------------------------------------------------
+def racing_line(record: RacingRecord) -> str:
+    """What the sweep raced on, with which settings, and whose verdicts count."""
+    s = record.settings
+    return (
+        f"This sweep raced on {record.metric} (target_delta {s.get('target_delta')}, "
+        f"α {s.get('alpha')}, seeds {s.get('seeds_min')}…{s.get('seeds_max')} step "
+        f"{s.get('seeds_step')}, K = {s.get('rounds')} rounds at most): racing's decisions below "
+        "are the sweep's verdicts. The Variants table's verdict column applies this report's "
+        "one-shot rule to the same runs, which ignores the error the rounds spent."
+    )
+
+
+def racing_table(record: RacingRecord) -> pd.DataFrame:
+    """One row per raced variant, as display strings; the Δ of a variant decided early marked."""
+    d = record.decisions
+    early = d["stopped_early"].eq(True)  # a missing value is not early
+    digits = _racing_digits(record.metric)
+    return pd.DataFrame(
+        {
+            "variant": d["variant"],
+            "racing decision": d["decision"],
+            "round": [str(int(r)) if _finite(r) and r > 0 else "-" for r in d["round"]],
+            "seeds": d["n"],
+            f"Δ {record.metric}": [
+                _racing_delta(delta, decision, e, digits)
+                for delta, decision, e in zip(d["delta"], d["decision"], early, strict=True)
+            ],
+        }
+    )
+
+
+def racing_notes(record: RacingRecord) -> list[str]:
+    """Why the early Δs are marked (only when one is), or that there is no decision yet."""
+    if record.decisions.empty:
+        return [RACING_UNFINISHED]
+    return [RACING_BIAS] if record.decisions["stopped_early"].eq(True).any() else []
+
+
+def _racing_delta(delta: object, decision: object, early: bool, digits: int) -> str:
+    if not _finite(delta):
+        return "-"
+    # "better (below target_delta)" is a rejection too: biased away from 0, like better/worse
+    mark = f" ({STOPPED_EARLY[decision != Outcome.EQUIVALENT]})" if early else ""
+    return f"{delta:+.{digits}f}{mark}"
+
+
+def _racing_digits(metric: str) -> int:
+    try:
+        return max(_digits(metric), 2)
+    except KeyError:  # a metric this code does not register (a newer store): mAP's digits
+        return max(_digits(PRIMARY), 2)

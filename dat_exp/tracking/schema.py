@@ -150,6 +150,10 @@ class Tag:
     BEST_PARAMS = "dat_exp.best_params"
     NOTE_SECTION = "dat_exp.note."  # + section name: that section's Markdown, whole
     REUSED = "dat_exp.reused."  # + config hash: the FINISHED run a job of the sweep skipped for
+    # a racing sweep (parent run)
+    RACING_METRIC = "dat_exp.racing.metric"  # the metric racing decides on, fixed at start
+    RACING_SETTINGS = "dat_exp.racing.settings"  # seeds_min/max/step, alpha, target_delta (JSON)
+    RACING_DECISION = "dat_exp.racing.decision."  # + variant hash: its decision (JSON)
     # MLflow's own
     PARENT = "mlflow.parentRunId"
     RUN_NAME = "mlflow.runName"

@@ -75,9 +75,44 @@ CASES = [
     (["tracking=server", "tracking.uri=http://127.0.0.1:9"], ["127.0.0.1:9", "tracking=local"]),
     (["tracking.uri=file:///tmp/mlruns"], ["file:///tmp/mlruns", "sqlite:///"]),
     (["RUNS_IS_A_FILE"], ["is a file"]),
+    (["budget.gpu_hours=0"], ["budget.gpu_hours=0.0", "must be positive"]),
     (
         ["-m", "placement=neck,sppf", "placement.levels=[P3]"],
         ["1 of 2 jobs are invalid", "sppf has no level P3"],
+    ),
+    (["-m", "hydra/sweeper=racing", "placement=sppf"], ["target_delta is required", "0.005"]),
+    (
+        [
+            "-m",
+            "hydra/sweeper=racing",
+            "placement=sppf",
+            *[
+                f"hydra.sweeper.{s}"
+                for s in (
+                    "seeds_min=1",
+                    "seeds_max=0",
+                    "seeds_step=0",
+                    "alpha=1.5",
+                    "target_delta=-1",
+                )
+            ],
+        ],
+        [
+            "seeds_min=1: must be at least 2",
+            "seeds_max=0: must be at least seeds_min=1",
+            "seeds_step=0: must be at least 1",
+            "alpha=1.5: must be in (0, 1)",
+            "target_delta=-1.0: must be > 0",
+        ],
+    ),
+    (
+        [
+            "-m",
+            "hydra/sweeper=racing",
+            "hydra.sweeper.target_delta=0.01",
+            "hydra.sweeper.metric=latency_ms",
+        ],
+        ["metric='latency_ms'", "valid: mAP50-95"],
     ),
 ]
 

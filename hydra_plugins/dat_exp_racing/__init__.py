@@ -1,0 +1,1 @@
+"""The racing sweeper, a Hydra plugin shipped by dat-exp (``hydra/sweeper=racing``)."""
