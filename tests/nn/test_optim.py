@@ -26,7 +26,7 @@ class Detector(nn.Module):
 def dat_model() -> nn.Module:
     return Detector(
         nn.Conv2d(3, 64, 3, padding=1),
-        DATBlock(64, {"pe": "table", "feat_size": 8}),  # LayerScale at the default gamma
+        DATBlock(64, {"pe": "table", "feat_size": 8, "layer_scale": 1e-4}),
         DATBlock(64, {"pe": "fixed", "feat_size": 8, "stride": 2}),
         DATBlock(64, {"pe": "log_cpb", "heads": 4, "groups": 2, "layer_scale": 0.5}),
         DATBlock(64, {"pe": "dwc", "layer_scale": None}),  # no LayerScale

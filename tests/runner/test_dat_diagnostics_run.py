@@ -7,23 +7,22 @@ import pytest
 import torch
 
 from dat_exp.nn import DAttention
-from dat_exp.nn.settings import DATSettings
 from dat_exp.tracking import schema
 from tests.runner.entry import TINY, local_runs, local_store, run_entry
 
 
 @pytest.mark.slow
 def test_each_dat_module_logs_its_diagnostics_every_epoch(workdir):
-    out = run_entry(workdir, "placement=neck", "placement.levels=[P4,P5]", *TINY)
+    # a LayerScale named, so that its gamma is logged whatever the default
+    scale = "dat.layer_scale=1e-4"
+    out = run_entry(workdir, "placement=neck", "placement.levels=[P4,P5]", scale, *TINY)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (run,) = local_runs(workdir)
     assert run.info.status == "FINISHED", run.data.tags
     params = run.data.params
     layers = sorted(int(params[f"module.{i}.layer"]) for i in range(2))
     assert "module.2.layer" not in params and len(set(layers)) == 2
-    # the residual wrap has a LayerScale unless the settings leave it out
-    has_scale = getattr(DATSettings(), "layer_scale", 1.0) is not None
-    names = [n for n in schema.DAT_DIAGNOSTICS if n != schema.GAMMA or has_scale]
+    names = schema.DAT_DIAGNOSTICS
     client = local_store(workdir)
     for layer in layers:
         for name in names:

@@ -241,3 +241,16 @@ def test_a_baseline_that_fails_twice_fails_its_variants_and_the_grid_is_deduplic
     run_race(Sweeper(config, launcher), [])
     made = decisions(client, parent)
     assert {r["decision"] for r in made.values()} == {"failed (seed 2 failed twice)"}
+
+
+def test_the_grid_may_come_from_the_sweepers_params_as_an_experiment_file_sets_it(race_setup):
+    from dat_exp.racing import distinct_variants, grid_overrides
+
+    config = race_setup[0]
+    with open_dict(config):
+        config.hydra.overrides.task = [*SMALL]
+        config.hydra.sweeper.params = {"placement": "sppf,neck", "seed": "0,1"}
+    points = grid_overrides(config)
+    names = [v.name for v in distinct_variants(config, points)]
+    assert names == ["sppf[P5]/table/s-1/off", "neck[P3,P4,P5]/table/s-1/off", "none"]
+    assert not any(o.startswith("seed=") for point in points for o in point), "racing's seeds"
