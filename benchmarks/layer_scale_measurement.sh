@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The measurement the dat.layer_scale issue asks for: what the residual wrap's LayerScale should
-# start at (its default in DATSettings, today 1e-4, waits for this), against no LayerScale and
-# against the bare wrap.
+# start at, against no LayerScale and against the bare wrap. It chose DATSettings' default, null
+# (the README has the tables).
 #
-#   arms:       dat.layer_scale=null (official DAT++: x + DAT(LN(x))), 1e-4 (today), 1.0,
+#   arms:       dat.layer_scale=null (official DAT++: x + DAT(LN(x))), 1e-4 (the first default), 1.0,
 #               and dat.wrap=bare (the blog: the module alone; layer_scale does not apply)
 #   placements: sppf, neck          seeds: 0, 1, 2          data: synthetic, train=smoke
 #   start:      from scratch (experiment layer-scale-scratch), and from a trained stock
@@ -19,6 +19,7 @@
 # 3 min 0 s (12 epochs of 200 images at 160 px, val and test included). 6 stock jobs x 3 min
 # + 48 DAT jobs x ≤4.2 min (sppf, one module at P5, is cheaper) + 6 reports ≈ 3.6 h on such a CPU,
 # roughly 2.5 h on the same cores unshared (user time 2 min 19 s a neck job). On a GPU, much less.
+# Measured: the whole script ran 1 h 51 min there (2026-12-01, beside a test run).
 #
 # Usage: benchmarks/layer_scale_measurement.sh [override ...]
 set -uo pipefail

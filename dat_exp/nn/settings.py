@@ -71,11 +71,11 @@ class DATSettings:
     heads: Any = AUTO
     groups: Any = AUTO
     wrap: Wrap = Wrap.residual
-    # LayerScale's initial gamma in the residual wrap; null: none. 1e-4 is what the code did
-    # before the key existed (timm's LayerScale2d), so earlier models are unchanged; official
-    # DAT++ has none, the blog wraps nothing. The measurement of the dat.layer_scale issue
-    # (benchmarks/layer_scale_measurement.sh) decides the default; the presets inherit it.
-    layer_scale: float | None = 1e-4
+    # LayerScale's initial gamma in the residual wrap; null: none, as official DAT++. Measured
+    # (benchmarks/layer_scale_measurement.sh, README): null, 1e-4 and 1.0 could not be told
+    # apart, so the default is DAT++'s choice; the presets inherit it. 1e-4 was the default
+    # before (a model built then pickles its own LayerScale and loads unchanged).
+    layer_scale: float | None = None
     ref_points: RefPoints = RefPoints.datpp
     impl: Impl = Impl.auto
 

@@ -47,11 +47,12 @@ def test_layer_scale_sets_the_initial_gamma(init):
         torch.testing.assert_close(block(x), y)
 
 
-def test_layer_scale_default_is_the_settings_default_and_bare_ignores_it():
-    """The default (today's 1e-4) comes from DATSettings; ``bare`` builds no LayerScale."""
+def test_layer_scale_default_is_none_as_dat_pp_and_bare_ignores_it():
+    """The default, chosen by the LayerScale measurement: none (``x + DAT(LN(x))``), as
+    official DAT++; ``bare`` builds no LayerScale whatever it is given."""
     from dat_exp.nn.settings import DATSettings
 
-    assert DATBlock(64).layer_scale.gamma[0].item() == pytest.approx(DATSettings().layer_scale)
+    assert DATSettings().layer_scale is None and DATBlock(64).layer_scale is None
     bare = DATBlock(64, {"wrap": "bare", "layer_scale": 0.5})
     assert not hasattr(bare, "layer_scale") and bare.no_weight_decay_parameters() == []
 
@@ -116,7 +117,7 @@ def test_blog_preset():
         "heads": 8,
         "groups": 1,
         "wrap": "bare",
-        "layer_scale": 1e-4,  # the default's, which the preset inherits (the wrap ignores it)
+        "layer_scale": None,  # the default's, which the preset inherits (the wrap ignores it)
         "offset_range_factor": -1.0,
         "no_off": False,
         "ref_points": "datpp",

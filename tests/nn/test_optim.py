@@ -27,7 +27,7 @@ def dat_model() -> nn.Module:
     return Detector(
         nn.Conv2d(3, 64, 3, padding=1),
         DATBlock(64, {"pe": "table", "feat_size": 8, "layer_scale": 1e-4}),
-        DATBlock(64, {"pe": "fixed", "feat_size": 8, "stride": 2}),
+        DATBlock(64, {"pe": "fixed", "feat_size": 8, "stride": 2, "layer_scale": 1.0}),
         DATBlock(64, {"pe": "log_cpb", "heads": 4, "groups": 2, "layer_scale": 0.5}),
         DATBlock(64, {"pe": "dwc", "layer_scale": None}),  # no LayerScale
         DATBlock(64, {"pe": "dwc", "wrap": "bare"}),  # no wrap
@@ -94,6 +94,7 @@ def test_every_module_is_asked_for_its_own():
         def no_weight_decay_parameters(self):
             return [self.alpha, self.alpha]
 
-    model = Detector(Scaled(), DATBlock(8, {"pe": "table", "feat_size": 4, "heads": 2}))
+    block = DATBlock(8, {"pe": "table", "feat_size": 4, "heads": 2, "layer_scale": 1e-4})
+    model = Detector(Scaled(), block)
     found = no_decay_parameters(model)
     assert [p.shape for p in found] == [(3,), (8,), (2, 7, 7)]  # alpha, gamma, rpe table

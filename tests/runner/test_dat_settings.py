@@ -28,9 +28,12 @@ register_configs()
 # and 200 val images, so runs on the old defaults are of another experiment.
 HASH_DEFAULT_JOB = "921af0b4ff96"  # python -m dat_exp device=cpu
 HASH_NECK_BLOG = "4d439ca49fa2"  # python -m dat_exp device=cpu placement=neck dat=blog
-# A residual-wrap DAT job hashes the new key dat.layer_scale (the two above do not: placement=none
-# hashes no dat, wrap=bare drops it), so its hash changed once with that key (was 0d3013c93be2).
-HASH_NECK_OFFICIAL = "65eb4e5628d7"  # python -m dat_exp device=cpu placement=neck
+# A residual-wrap DAT job hashes the key dat.layer_scale (the two above do not: placement=none
+# hashes no dat, wrap=bare drops it). Its hash changed with that key (was 0d3013c93be2), and again
+# when the measured default became null (another model): the old 1e-4 runs keep theirs when asked
+# for by dat.layer_scale=1e-4.
+HASH_NECK_OFFICIAL = "e2efefb641ed"  # python -m dat_exp device=cpu placement=neck
+HASH_NECK_LS_1E4 = "65eb4e5628d7"  # … placement=neck dat.layer_scale=1e-4 (the default until then)
 
 
 def composed(*overrides: str) -> dict:
@@ -57,7 +60,7 @@ def test_fields_names_order_and_defaults_are_the_hashed_ones():
         ("heads", "auto"),
         ("groups", "auto"),
         ("wrap", "residual"),
-        ("layer_scale", 1e-4),
+        ("layer_scale", None),
         ("ref_points", "datpp"),
         ("impl", "auto"),
     ]
@@ -81,6 +84,7 @@ def test_config_hashes_of_the_previous_code_are_unchanged():
     assert config_hash(composed()) == HASH_DEFAULT_JOB
     assert config_hash(composed("placement=neck", "dat=blog")) == HASH_NECK_BLOG
     assert config_hash(composed("placement=neck")) == HASH_NECK_OFFICIAL
+    assert config_hash(composed("placement=neck", "dat.layer_scale=1e-4")) == HASH_NECK_LS_1E4
 
 
 def test_resolved_config_holds_plain_strings():
@@ -95,11 +99,11 @@ def test_resolved_config_holds_plain_strings():
 @pytest.mark.parametrize(
     "overrides,expected",
     [
-        ([], 1e-4),
+        ([], None),
         (["dat.layer_scale=null"], None),
         (["dat.layer_scale=0.5"], 0.5),
         (["dat.layer_scale=1"], 1.0),
-        (["dat=blog"], 1e-4),  # the presets inherit the default
+        (["dat=blog"], None),  # the presets inherit the default
         (["dat=blog", "dat.layer_scale=null"], None),
     ],
 )
@@ -111,11 +115,11 @@ def test_layer_scale_composes_null_or_a_number(placement, overrides, expected):
 
 def test_layer_scale_reaches_the_module_settings():
     """``null`` is a value of this key (not "unset"): the job's null wins over the default."""
-    assert level_settings("P3", 64, 640)["layer_scale"] == 1e-4
-    assert level_settings("P3", 64, 640, {"layer_scale": None})["layer_scale"] is None
+    assert level_settings("P3", 64, 640)["layer_scale"] is None
+    assert level_settings("P3", 64, 640, {"layer_scale": 1e-4})["layer_scale"] == 1e-4
     assert level_settings("P3", 64, 640, {"layer_scale": 0.5})["layer_scale"] == 0.5
-    assert level_settings("P3", 64, 640, {"preset": "blog"})["layer_scale"] == 1e-4
-    assert level_settings("P3", 64, 640, PRESETS["blog"])["layer_scale"] == 1e-4
+    assert level_settings("P3", 64, 640, {"preset": "blog"})["layer_scale"] is None
+    assert level_settings("P3", 64, 640, PRESETS["blog"])["layer_scale"] is None
 
 
 @pytest.mark.parametrize("placement", ["placement=none", "placement=neck", "placement=c2f"])
@@ -156,8 +160,8 @@ def test_layer_scale_is_hashed_only_where_the_residual_wrap_uses_it():
 
     neck = hashed("placement=neck")
     assert len({neck, hashed("placement=neck", "dat.layer_scale=0.5")}) == 2
-    assert len({neck, hashed("placement=neck", "dat.layer_scale=null")}) == 2
-    assert hashed("placement=neck", "dat.layer_scale=1e-4") == neck
+    assert len({neck, hashed("placement=neck", "dat.layer_scale=1e-4")}) == 2
+    assert hashed("placement=neck", "dat.layer_scale=null") == neck
     for where in (["placement=neck", "dat.wrap=bare"], ["placement=c2f"], ["placement=none"]):
         assert hashed(*where, "dat.layer_scale=0.5") == hashed(*where), where
         assert hashed(*where, "dat.layer_scale=null") == hashed(*where), where
